@@ -1,0 +1,1 @@
+//! Schema migrations, shared by SQLite and PostgreSQL.
