@@ -13,11 +13,13 @@
 
 #![forbid(unsafe_code)]
 
+mod codec;
 mod error;
 mod model;
 mod registry;
 mod schema;
 mod store;
+pub mod testing;
 
 pub use error::StoreError;
 pub use model::*;

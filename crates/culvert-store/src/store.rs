@@ -1,10 +1,17 @@
 //! The [`Store`] handle: opening, migrations, accounts, credentials, tunnels and
 //! configurations. The connection registry lives in `registry.rs`.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::{Any, AssertSqlSafe, Transaction};
 use uuid::Uuid;
 
+use crate::codec::*;
 use crate::error::StoreError;
 use crate::model::*;
+use crate::registry::{count_connections, delete_connections, forget_idle_connectors, recompute_status};
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +33,66 @@ impl Store {
     /// Opens `sqlite://PATH` (the file is created with mode 0600, WAL journal)
     /// or `postgres://…`, and brings the schema up to date.
     pub async fn open(database_url: &str) -> Result<Self> {
-        unimplemented!("{database_url}")
+        sqlx::any::install_default_drivers();
+        let store = if let Some(rest) = database_url
+            .strip_prefix("sqlite://")
+            .or_else(|| database_url.strip_prefix("sqlite:"))
+        {
+            Self::open_sqlite(database_url, rest).await?
+        } else if database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+        {
+            let pool = AnyPoolOptions::new()
+                .max_connections(PG_MAX_CONNECTIONS)
+                .connect(database_url)
+                .await?;
+            Store {
+                pool,
+                backend: Backend::Postgres,
+            }
+        } else {
+            return Err(StoreError::UnsupportedUrl(database_url.to_owned()));
+        };
+        if let Err(e) = store.migrate().await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    async fn open_sqlite(database_url: &str, rest: &str) -> Result<Self> {
+        // `?mode=rwc` and similar sqlx options are meaningless here: the file is
+        // always created and opened read-write.
+        let raw_path = rest.split_once('?').map_or(rest, |(p, _)| p);
+        if raw_path.is_empty() || raw_path.starts_with(":memory:") {
+            return Err(StoreError::UnsupportedUrl(database_url.to_owned()));
+        }
+        let path = prepare_sqlite_file(database_url, Path::new(raw_path))?;
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| StoreError::UnsupportedUrl(database_url.to_owned()))?;
+        let connect_url = format!("sqlite://{}", percent_encode_path(path_str));
+        let pool = AnyPoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .min_connections(1)
+            // Connections are cheap to keep and carry prepared statements;
+            // recycling them only costs latency.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    for pragma in SQLITE_PRAGMAS {
+                        sqlx::query(*pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await?;
+        Ok(Store {
+            pool,
+            backend: Backend::Sqlite,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -35,7 +101,8 @@ impl Store {
 
     /// Cheap liveness probe (`SELECT 1`).
     pub async fn ping(&self) -> Result<()> {
-        unimplemented!()
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
     }
 
     /// Closes the pool, waiting for checked-out connections.
@@ -43,58 +110,182 @@ impl Store {
         self.pool.close().await
     }
 
+    /// Starts a read-write transaction. On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`) so two writers never deadlock upgrading a read
+    /// lock; waiting for it is bounded by `busy_timeout`.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// `sqlite` on SQLite, `postgres` on PostgreSQL (for the few statements
+    /// whose text must differ, such as `FOR UPDATE`).
+    pub(crate) fn pick(&self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        }
+    }
+
     // ---- accounts -------------------------------------------------------
 
     /// Creates an account with a fresh 32-hex id.
     pub async fn create_account(&self, name: &str) -> Result<Account> {
-        unimplemented!("{name}")
+        let account = Account {
+            id: Uuid::new_v4().simple().to_string(),
+            name: name.to_owned(),
+            created_at: now_micros(),
+        };
+        sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(account.id.as_str())
+            .bind(account.name.as_str())
+            .bind(account.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(account)
     }
 
     pub async fn get_account(&self, id: &str) -> Result<Option<Account>> {
-        unimplemented!("{id}")
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            account_cols!(),
+            " FROM accounts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
     }
 
     pub async fn list_accounts(&self) -> Result<Vec<Account>> {
-        unimplemented!()
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            account_cols!(),
+            " FROM accounts ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(account_from_row).collect()
     }
 
     // ---- settings (key material, bootstrap markers) ---------------------
 
     pub async fn get_setting(&self, key: &str) -> Result<Option<String>> {
-        unimplemented!("{key}")
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(|r| get(r, 0, "settings", "value"))
+            .transpose()
     }
 
     /// Stores `value` under `key` unless a value is already there; returns the
     /// value that is stored afterwards (so concurrent first starts agree).
     pub async fn put_setting_if_absent(&self, key: &str, value: &str) -> Result<String> {
-        unimplemented!("{key}{value}")
+        // The insert is atomic on both backends; whoever loses reads the
+        // winner's value.
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        self.get_setting(key).await?.ok_or_else(|| {
+            corrupt(
+                "settings",
+                "value",
+                format!("{key:?} vanished right after insertion"),
+            )
+        })
     }
 
     // ---- API credentials ------------------------------------------------
 
     pub async fn create_api_token(&self, token: &ApiToken) -> Result<()> {
-        unimplemented!("{token:?}")
+        let res = sqlx::query(concat!(
+            "INSERT INTO api_tokens (",
+            token_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(token.id.as_str())
+        .bind(token.account_id.as_str())
+        .bind(token.name.as_str())
+        .bind(token.kind.as_str())
+        .bind(token.email.as_deref())
+        .bind(hex_encode(&token.secret_hash))
+        .bind(string_list_json(&token.permissions))
+        .bind(token.created_at)
+        .bind(token.expires_on)
+        .bind(token.not_before)
+        .bind(token.revoked_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_foreign_key_violation(&e) => {
+                Err(StoreError::AccountNotFound(token.account_id.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Looks a bearer token up by the SHA-256 of its secret. Revoked tokens are
     /// returned too (the caller decides); only `ApiToken` kind rows match.
     pub async fn find_api_token_by_hash(&self, secret_hash: &[u8]) -> Result<Option<ApiToken>> {
-        unimplemented!("{secret_hash:?}")
+        // The literal kind matches the partial unique index's predicate, so
+        // this is one index probe.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM api_tokens WHERE secret_hash = $1 AND kind = 'api_token'"
+        ))
+        .bind(hex_encode(secret_hash))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
     }
 
     /// Global keys registered for an `X-Auth-Email` (the caller compares the
     /// key hash in constant time).
     pub async fn find_global_keys(&self, email: &str) -> Result<Vec<ApiToken>> {
-        unimplemented!("{email}")
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM api_tokens WHERE email = $1 AND kind = 'global_key' ORDER BY created_at, id"
+        ))
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
     }
 
     pub async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
-        unimplemented!()
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM api_tokens ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
     }
 
     /// Sets `revoked_at`; [`StoreError::TokenNotFound`] for an unknown id.
     pub async fn revoke_api_token(&self, id: &str) -> Result<()> {
-        unimplemented!("{id}")
+        // Revoking twice keeps the first instant.
+        let res = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::TokenNotFound(id.to_owned()));
+        }
+        Ok(())
     }
 
     // ---- tunnels ----------------------------------------------------------
@@ -103,7 +294,50 @@ impl Store {
     /// [`StoreError::NameConflict`] when a live tunnel of the same account and
     /// type has the name (enforced by a unique index, so races are safe).
     pub async fn create_tunnel(&self, new: NewTunnel) -> Result<Tunnel> {
-        unimplemented!("{new:?}")
+        let now = now_micros();
+        let tunnel = Tunnel {
+            id: Uuid::new_v4(),
+            account_id: new.account_id,
+            name: new.name,
+            tun_type: new.tun_type,
+            config_src: new.config_src,
+            secret: new.secret,
+            metadata: new.metadata,
+            created_at: now,
+            deleted_at: None,
+            conns_active_at: None,
+            conns_inactive_at: Some(now),
+            status: TunnelStatus::Inactive,
+            ha: new.ha,
+        };
+        let res = sqlx::query(concat!(
+            "INSERT INTO tunnels (",
+            tunnel_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(uuid_text(tunnel.id))
+        .bind(tunnel.account_id.as_str())
+        .bind(tunnel.name.as_str())
+        .bind(tunnel.tun_type.as_str())
+        .bind(tunnel.config_src.as_str())
+        .bind(hex_encode(&tunnel.secret))
+        .bind(tunnel.metadata.to_string())
+        .bind(tunnel.created_at)
+        .bind(tunnel.deleted_at)
+        .bind(tunnel.conns_active_at)
+        .bind(tunnel.conns_inactive_at)
+        .bind(tunnel.status.as_str())
+        .bind(i64::from(tunnel.ha))
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(tunnel),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::NameConflict { name: tunnel.name }),
+            Err(e) if is_foreign_key_violation(&e) => {
+                Err(StoreError::AccountNotFound(tunnel.account_id))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A tunnel of the account (deleted ones too). `tun_type = Some(t)` also
@@ -114,12 +348,47 @@ impl Store {
         tun_type: Option<TunType>,
         id: Uuid,
     ) -> Result<Option<Tunnel>> {
-        unimplemented!("{account_id}{tun_type:?}{id}")
+        // The API's hottest query: one primary-key probe, prepared once per
+        // connection.
+        let row = match tun_type {
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    tunnel_cols!(),
+                    " FROM tunnels WHERE id = $1 AND account_id = $2"
+                ))
+                .bind(uuid_text(id))
+                .bind(account_id)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            Some(t) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    tunnel_cols!(),
+                    " FROM tunnels WHERE id = $1 AND account_id = $2 AND tun_type = $3"
+                ))
+                .bind(uuid_text(id))
+                .bind(account_id)
+                .bind(t.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.as_ref().map(tunnel_from_row).transpose()
     }
 
     /// A tunnel by id alone (the edge's lookup at registration).
     pub async fn get_tunnel_by_id(&self, id: Uuid) -> Result<Option<Tunnel>> {
-        unimplemented!("{id}")
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            tunnel_cols!(),
+            " FROM tunnels WHERE id = $1"
+        ))
+        .bind(uuid_text(id))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(tunnel_from_row).transpose()
     }
 
     /// One page (1-based) of the account's tunnels matching `filter`, ordered
@@ -132,7 +401,99 @@ impl Store {
         page: u32,
         per_page: u32,
     ) -> Result<Page<Tunnel>> {
-        unimplemented!("{account_id}{filter:?}{page}{per_page}")
+        let mut w = WhereBuilder::default();
+        let n = w.arg(Arg::Text(account_id.to_owned()));
+        w.and(format!("account_id = ${n}"));
+        if !filter.tun_types.is_empty() {
+            let mut types: Vec<TunType> = Vec::with_capacity(2);
+            for t in &filter.tun_types {
+                if !types.contains(t) {
+                    types.push(*t);
+                }
+            }
+            let list: Vec<String> = types
+                .iter()
+                .map(|t| format!("${}", w.arg(Arg::Text(t.as_str().to_owned()))))
+                .collect();
+            w.and(format!("tun_type IN ({})", list.join(", ")));
+        }
+        if let Some(name) = &filter.name {
+            let n = w.arg(Arg::Text(name.clone()));
+            w.and(format!("name = ${n}"));
+        }
+        match filter.is_deleted {
+            Some(true) => w.and("deleted_at IS NOT NULL".to_owned()),
+            Some(false) => w.and("deleted_at IS NULL".to_owned()),
+            None => {}
+        }
+        if let Some(t) = filter.existed_at {
+            let n = w.arg(Arg::Int(t));
+            w.and(format!(
+                "created_at <= ${n} AND (deleted_at IS NULL OR deleted_at > ${n})"
+            ));
+        }
+        if let Some(id) = filter.uuid {
+            let n = w.arg(Arg::Text(uuid_text(id)));
+            w.and(format!("id = ${n}"));
+        }
+        if let Some(t) = filter.was_active_at {
+            let n = w.arg(Arg::Int(t));
+            w.and(format!(
+                "conns_active_at IS NOT NULL AND conns_active_at <= ${n}"
+            ));
+        }
+        if let Some(t) = filter.was_inactive_at {
+            let n = w.arg(Arg::Int(t));
+            w.and(format!("(conns_active_at IS NULL OR conns_active_at > ${n})"));
+        }
+        // Prefixes compare with substr, not LIKE: no wildcard escaping to get
+        // wrong, and case-sensitive on SQLite too.
+        if let Some(p) = &filter.include_prefix {
+            let n = w.arg(Arg::Text(p.clone()));
+            w.and(format!("substr(name, 1, length(${n})) = ${n}"));
+        }
+        if let Some(p) = &filter.exclude_prefix {
+            let n = w.arg(Arg::Text(p.clone()));
+            w.and(format!("substr(name, 1, length(${n})) <> ${n}"));
+        }
+        if let Some(s) = filter.status {
+            let n = w.arg(Arg::Text(s.as_str().to_owned()));
+            w.and(format!("status = ${n}"));
+        }
+
+        let count_sql = format!("SELECT COUNT(*) FROM tunnels WHERE {}", w.clause);
+        let row = w
+            .bind_all(sqlx::query(AssertSqlSafe(count_sql)))
+            .fetch_one(&self.pool)
+            .await?;
+        let total: i64 = get(&row, 0, "tunnels", "count")?;
+        let total_count = u64::try_from(total).map_err(|e| corrupt("tunnels", "count", e))?;
+
+        let per_page = u64::from(per_page);
+        let offset = u64::from(page.max(1) - 1).saturating_mul(per_page);
+        if per_page == 0 || offset >= total_count {
+            return Ok(Page {
+                items: Vec::new(),
+                total_count,
+            });
+        }
+        // Both fit: per_page ≤ u32::MAX and offset < total_count ≤ i64::MAX.
+        let limit_n = w.arg(Arg::Int(i64::try_from(per_page).unwrap_or(i64::MAX)));
+        let offset_n = w.arg(Arg::Int(i64::try_from(offset).unwrap_or(i64::MAX)));
+        let page_sql = format!(
+            concat!(
+                "SELECT ",
+                tunnel_cols!(),
+                " FROM tunnels WHERE {} ORDER BY created_at, id LIMIT ${} OFFSET ${}"
+            ),
+            w.clause, limit_n, offset_n
+        );
+        let rows = w
+            .bind_all(sqlx::query(AssertSqlSafe(page_sql)))
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(tunnel_from_row).collect::<Result<_>>()?;
+        Ok(Page { items, total_count })
     }
 
     /// Applies a PATCH to a live or deleted tunnel of the given type.
@@ -145,7 +506,48 @@ impl Store {
         id: Uuid,
         patch: TunnelPatch,
     ) -> Result<Tunnel> {
-        unimplemented!("{account_id}{tun_type:?}{id}{patch:?}")
+        let mut w = WhereBuilder::default();
+        w.arg(Arg::Text(uuid_text(id)));
+        w.arg(Arg::Text(account_id.to_owned()));
+        w.arg(Arg::Text(tun_type.as_str().to_owned()));
+        let mut sets: Vec<String> = Vec::with_capacity(3);
+        if let Some(name) = &patch.name {
+            let n = w.arg(Arg::Text(name.clone()));
+            sets.push(format!("name = ${n}"));
+        }
+        if let Some(secret) = &patch.secret {
+            let n = w.arg(Arg::Text(hex_encode(secret)));
+            sets.push(format!("secret = ${n}"));
+        }
+        if let Some(metadata) = &patch.metadata {
+            let n = w.arg(Arg::Text(metadata.to_string()));
+            sets.push(format!("metadata = ${n}"));
+        }
+        if sets.is_empty() {
+            return self
+                .get_tunnel(account_id, Some(tun_type), id)
+                .await?
+                .ok_or(StoreError::TunnelNotFound(id));
+        }
+        let sql = format!(
+            concat!(
+                "UPDATE tunnels SET {} WHERE id = $1 AND account_id = $2 AND tun_type = $3 RETURNING ",
+                tunnel_cols!()
+            ),
+            sets.join(", ")
+        );
+        let res = w
+            .bind_all(sqlx::query(AssertSqlSafe(sql)))
+            .fetch_optional(&self.pool)
+            .await;
+        match res {
+            Ok(Some(row)) => tunnel_from_row(&row),
+            Ok(None) => Err(StoreError::TunnelNotFound(id)),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::NameConflict {
+                name: patch.name.unwrap_or_default(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Soft-deletes (sets `deleted_at`; deleting again keeps the first time).
@@ -159,13 +561,65 @@ impl Store {
         id: Uuid,
         cascade: bool,
     ) -> Result<(Tunnel, Removed)> {
-        unimplemented!("{account_id}{tun_type:?}{id}{cascade}")
+        let id_text = uuid_text(id);
+        let mut tx = self.begin_write().await?;
+        let locked = sqlx::query(self.pick(
+            "SELECT deleted_at FROM tunnels WHERE id = $1 AND account_id = $2 AND tun_type = $3",
+            "SELECT deleted_at FROM tunnels WHERE id = $1 AND account_id = $2 AND tun_type = $3 \
+             FOR UPDATE",
+        ))
+        .bind(id_text.as_str())
+        .bind(account_id)
+        .bind(tun_type.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(locked) = locked else {
+            return Err(StoreError::TunnelNotFound(id));
+        };
+        let deleted_at: Option<Micros> = get(&locked, 0, "tunnels", "deleted_at")?;
+        let mut removed = Removed::default();
+        if deleted_at.is_none() {
+            let now = now_micros();
+            let live = count_connections(&mut tx, &id_text).await?;
+            if live > 0 {
+                if !cascade {
+                    return Err(StoreError::HasActiveConnections(id));
+                }
+                removed.connections = delete_connections(&mut tx, &id_text, None).await?;
+                forget_idle_connectors(&mut tx, &id_text).await?;
+                recompute_status(&mut tx, &id_text, now).await?;
+            }
+            sqlx::query("UPDATE tunnels SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id_text.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            tunnel_cols!(),
+            " FROM tunnels WHERE id = $1"
+        ))
+        .bind(id_text.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let tunnel = tunnel_from_row(&row)?;
+        tx.commit().await?;
+        Ok((tunnel, removed))
     }
 
     // ---- configurations ---------------------------------------------------
 
     pub async fn get_config(&self, tunnel_id: Uuid) -> Result<Option<TunnelConfig>> {
-        unimplemented!("{tunnel_id}")
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            config_cols!(),
+            " FROM tunnel_configs WHERE tunnel_id = $1"
+        ))
+        .bind(uuid_text(tunnel_id))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(config_from_row).transpose()
     }
 
     /// Replaces the configuration; the version is the previous one + 1 (the
@@ -177,6 +631,166 @@ impl Store {
         config: &serde_json::Value,
         source: ConfigSource,
     ) -> Result<TunnelConfig> {
-        unimplemented!("{account_id}{tunnel_id}{config}{source:?}")
+        let id_text = uuid_text(tunnel_id);
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        let exists = sqlx::query(self.pick(
+            "SELECT id FROM tunnels WHERE id = $1 AND account_id = $2",
+            "SELECT id FROM tunnels WHERE id = $1 AND account_id = $2 FOR UPDATE",
+        ))
+        .bind(id_text.as_str())
+        .bind(account_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if exists.is_none() {
+            return Err(StoreError::TunnelNotFound(tunnel_id));
+        }
+        // One row per tunnel that is never deleted, so +1 on it can never hand
+        // out a version twice.
+        let row = sqlx::query(
+            "INSERT INTO tunnel_configs (tunnel_id, account_id, version, config, source, created_at)
+             VALUES ($1, $2, 1, $3, $4, $5)
+             ON CONFLICT (tunnel_id) DO UPDATE SET
+                 version = tunnel_configs.version + 1,
+                 account_id = excluded.account_id,
+                 config = excluded.config,
+                 source = excluded.source,
+                 created_at = excluded.created_at
+             RETURNING version",
+        )
+        .bind(id_text.as_str())
+        .bind(account_id)
+        .bind(config.to_string())
+        .bind(source.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let version: i64 = get(&row, 0, "tunnel_configs", "version")?;
+        tx.commit().await?;
+        Ok(TunnelConfig {
+            tunnel_id,
+            account_id: account_id.to_owned(),
+            version,
+            config: config.clone(),
+            source,
+            created_at: now,
+        })
+    }
+}
+
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const PG_MAX_CONNECTIONS: u32 = 16;
+
+/// Run on every new SQLite connection. WAL lets readers proceed beside the
+/// writer; `synchronous=NORMAL` in WAL mode survives a process kill (only an
+/// OS crash can lose the last commits).
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+];
+
+/// Creates the database file's directory and the file itself with mode 0600
+/// (or tightens an existing file to 0600); returns its absolute path.
+fn prepare_sqlite_file(database_url: &str, raw: &Path) -> Result<PathBuf> {
+    let io_err = |path: &Path, source: std::io::Error| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let absolute = std::path::absolute(raw).map_err(|e| io_err(raw, e))?;
+    let (Some(parent), Some(file_name)) = (absolute.parent(), absolute.file_name()) else {
+        return Err(StoreError::UnsupportedUrl(database_url.to_owned()));
+    };
+    // Only directories created here get 0700; existing ones are left alone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|e| io_err(parent, e))?;
+    // A canonical path keeps `..` and symlinks out of the URL handed to sqlx.
+    let path = std::fs::canonicalize(parent)
+        .map_err(|e| io_err(parent, e))?
+        .join(file_name);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io_err(&path, e))?;
+        }
+        Err(e) => return Err(io_err(&path, e)),
+    }
+    // SQLite gives the WAL and shared-memory files the main file's mode, but
+    // ones left by an older, laxer setup keep theirs.
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.clone().into_os_string();
+        side.push(suffix);
+        match std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(Path::new(&side), e)),
+        }
+    }
+    Ok(path)
+}
+
+/// Percent-encodes everything but unreserved characters and `/`, so sqlx's
+/// URL parsing hands SQLite exactly this path back.
+fn percent_encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A bind value of a dynamically built statement.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// Accumulates `AND`-joined conditions with numbered placeholders and their
+/// values, in order.
+#[derive(Default)]
+struct WhereBuilder {
+    clause: String,
+    args: Vec<Arg>,
+}
+
+impl WhereBuilder {
+    /// Adds a value; returns its placeholder number.
+    fn arg(&mut self, arg: Arg) -> usize {
+        self.args.push(arg);
+        self.args.len()
+    }
+
+    fn and(&mut self, condition: String) {
+        if !self.clause.is_empty() {
+            self.clause.push_str(" AND ");
+        }
+        self.clause.push_str(&condition);
+    }
+
+    fn bind_all<'q>(
+        &'q self,
+        mut q: sqlx::query::Query<'q, Any, AnyArguments>,
+    ) -> sqlx::query::Query<'q, Any, AnyArguments> {
+        for a in &self.args {
+            q = match a {
+                Arg::Text(s) => q.bind(s.as_str()),
+                Arg::Int(i) => q.bind(*i),
+            };
+        }
+        q
     }
 }

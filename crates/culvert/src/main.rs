@@ -1,1 +1,233 @@
-fn main() {}
+//! The `culvert` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use culvert::server::{self, ServerConfig};
+use culvert_api::auth::PERMISSION_GROUPS;
+use culvert_api::timefmt::{format_micros, parse_timestamp};
+use culvert_store::Store;
+
+#[derive(Parser)]
+#[command(name = "culvert", version, about = "Self-hosted, Cloudflare-Tunnel-compatible tunnels")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "CULVERT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (e.g. `info`, `culvert=debug`).
+    #[arg(long, global = true, env = "CULVERT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (REST API) on the embedded store or PostgreSQL.
+    Server(ServerArgs),
+    /// Administer accounts and API tokens in the server's store.
+    Admin {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Directory for the SQLite database, bootstrap.json and key material.
+    #[arg(long, env = "CULVERT_DATA_DIR", default_value = "./culvert-data", global = true)]
+    data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…` (default: a SQLite file in the data dir).
+    #[arg(long, env = "CULVERT_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    async fn open(&self) -> Result<Store> {
+        server::prepare_data_dir(&self.data_dir)?;
+        let url = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| server::default_database_url(&self.data_dir));
+        Store::open(&url)
+            .await
+            .with_context(|| format!("opening the store at {}", server::redact(&url)))
+    }
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address of the REST API.
+    #[arg(long, env = "CULVERT_API_LISTEN", default_value = "127.0.0.1:8787")]
+    api_listen: SocketAddr,
+    /// Largest accepted API request body, in bytes.
+    #[arg(long, env = "CULVERT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Accounts.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// API tokens (Bearer) and legacy global keys.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account and print its id.
+    Create { name: String },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token; the secret is printed once.
+    Create {
+        #[arg(long)]
+        account: String,
+        /// A permission group, e.g. "Cloudflare Tunnel Read" (repeatable).
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "api token")]
+        name: String,
+        /// RFC 3339 expiry.
+        #[arg(long)]
+        expires_on: Option<String>,
+        /// RFC 3339 start of validity.
+        #[arg(long)]
+        not_before: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_server(args: ServerArgs) -> Result<()> {
+    let running = server::start(ServerConfig {
+        data_dir: args.store.data_dir.clone(),
+        api_listen: args.api_listen,
+        database_url: args.store.database_url.clone(),
+        max_body_bytes: args.max_body_bytes,
+    })
+    .await?;
+    if let Some(b) = &running.bootstrap {
+        println!("{}", serde_json::to_string_pretty(b)?);
+        println!(
+            "# first start: these credentials are also in {} (mode 0600)",
+            args.store.data_dir.join("bootstrap.json").display()
+        );
+    }
+    println!("culvert API listening on {}", running.api_url);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+fn parse_time_arg(flag: &str, v: Option<String>) -> Result<Option<i64>> {
+    v.map(|s| parse_timestamp(&s).with_context(|| format!("{flag}: {s:?} is not an RFC 3339 date-time")))
+        .transpose()
+}
+
+async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
+    let store = store.open().await?;
+    match command {
+        AdminCommand::Account { command: AccountCommand::Create { name } } => {
+            let a = store.create_account(&name).await?;
+            println!("{}", serde_json::json!({"id": a.id, "name": a.name}));
+        }
+        AdminCommand::Account { command: AccountCommand::List } => {
+            for a in store.list_accounts().await? {
+                println!("{}\t{}\t{}", a.id, format_micros(a.created_at), a.name);
+            }
+        }
+        AdminCommand::Token {
+            command: TokenCommand::Create { account, permissions, name, expires_on, not_before },
+        } => {
+            if store.get_account(&account).await?.is_none() {
+                bail!("no account {account}");
+            }
+            for p in &permissions {
+                if !PERMISSION_GROUPS.contains(&p.as_str()) {
+                    bail!("unknown permission group {p:?}; known groups: {}", PERMISSION_GROUPS.join(", "));
+                }
+            }
+            let expires_on = parse_time_arg("--expires-on", expires_on)?;
+            let not_before = parse_time_arg("--not-before", not_before)?;
+            let (t, secret) = server::create_token(&store, &account, &name, permissions, expires_on, not_before).await?;
+            println!("{}", serde_json::json!({"id": t.id, "account_id": t.account_id, "api_token": secret, "permissions": t.permissions}));
+        }
+        AdminCommand::Token { command: TokenCommand::List } => {
+            for t in store.list_api_tokens().await? {
+                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    t.account_id,
+                    t.kind.as_str(),
+                    state,
+                    t.name,
+                    t.permissions.join(", ")
+                );
+            }
+        }
+        AdminCommand::Token { command: TokenCommand::Revoke { id } } => {
+            store.revoke_api_token(&id).await?;
+            println!("revoked {id}");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::Server(args) => run_server(args).await,
+        Command::Admin { store, command } => run_admin(store, command).await,
+    }
+}

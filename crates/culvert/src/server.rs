@@ -1,0 +1,252 @@
+//! `culvert server`: opens the store, bootstraps the first account and admin
+//! token, and serves the API until shut down.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use culvert_api::auth::{PERMISSION_GROUPS, generate_token_secret, hash_secret};
+use culvert_api::{ApiSettings, ApiState, EdgeControl, ManagementKeys, NoEdge};
+use culvert_store::{ApiToken, CredentialKind, Store, now_micros};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Where the server keeps its state and where it listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    /// `None`: a SQLite file in the data dir.
+    pub database_url: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+impl ServerConfig {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| default_database_url(&self.data_dir))
+    }
+}
+
+pub fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("culvert.db").display())
+}
+
+/// The first-start credentials, as written to `<data-dir>/bootstrap.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Bootstrap {
+    pub account_id: String,
+    pub api_token: String,
+    pub api_url: String,
+}
+
+const BOOTSTRAP_MARKER: &str = "bootstrap_account_id";
+
+/// Creates the data directory (0700) if needed.
+pub fn prepare_data_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut perms = std::fs::metadata(dir)?.permissions();
+    if perms.mode() & 0o077 != 0 {
+        perms.set_mode(0o700);
+        std::fs::set_permissions(dir, perms)?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` with mode 0600 (never readable by others, even briefly).
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Creates an API token and returns its secret (shown once, stored hashed).
+pub async fn create_token(
+    store: &Store,
+    account_id: &str,
+    name: &str,
+    permissions: Vec<String>,
+    expires_on: Option<i64>,
+    not_before: Option<i64>,
+) -> Result<(ApiToken, String)> {
+    let secret = generate_token_secret().map_err(|_| anyhow::anyhow!("system RNG failed"))?;
+    let token = ApiToken {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        account_id: account_id.to_string(),
+        name: name.to_string(),
+        kind: CredentialKind::ApiToken,
+        email: None,
+        secret_hash: hash_secret(&secret),
+        permissions,
+        created_at: now_micros(),
+        expires_on,
+        not_before,
+        revoked_at: None,
+    };
+    store.create_api_token(&token).await?;
+    Ok((token, secret))
+}
+
+/// On first start: an account and an admin token with every permission group.
+/// Returns `Some` only the first time.
+async fn bootstrap(store: &Store, api_url: &str) -> Result<Option<Bootstrap>> {
+    if store.get_setting(BOOTSTRAP_MARKER).await?.is_some() {
+        return Ok(None);
+    }
+    let account = store.create_account("default").await?;
+    let winner = store
+        .put_setting_if_absent(BOOTSTRAP_MARKER, &account.id)
+        .await?;
+    if winner != account.id {
+        // Another server sharing the database bootstrapped first.
+        return Ok(None);
+    }
+    let groups = PERMISSION_GROUPS.iter().map(|g| g.to_string()).collect();
+    let (_, secret) = create_token(store, &account.id, "bootstrap admin", groups, None, None).await?;
+    Ok(Some(Bootstrap {
+        account_id: account.id,
+        api_token: secret,
+        api_url: api_url.to_string(),
+    }))
+}
+
+fn url_host(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        "127.0.0.1".parse().unwrap_or(addr.ip())
+    } else {
+        addr.ip()
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
+/// A running server (tests start it in process on port 0).
+pub struct RunningServer {
+    pub api_addr: SocketAddr,
+    pub api_url: String,
+    /// Set on the very first start only.
+    pub bootstrap: Option<Bootstrap>,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, closes the store.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task panicked")??;
+        self.store.close().await;
+        Ok(())
+    }
+
+    /// Waits until the server stops on its own (or by signal).
+    pub async fn wait(self) -> Result<()> {
+        let r = self.task.await.context("server task panicked")?;
+        self.store.close().await;
+        r
+    }
+
+    pub fn trigger_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Opens everything and starts serving in the background.
+pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+    prepare_data_dir(&config.data_dir)?;
+    let url = config.database_url();
+    let store = Store::open(&url)
+        .await
+        .with_context(|| format!("opening the store at {}", redact(&url)))?;
+    let keys = ManagementKeys::load_or_create(&store).await?;
+    let listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.api_listen))?;
+    let api_addr = listener.local_addr()?;
+    let api_url = format!("http://{}/client/v4", url_host(api_addr));
+
+    let bootstrap = bootstrap(&store, &api_url).await?;
+    if let Some(b) = &bootstrap {
+        let path = config.data_dir.join("bootstrap.json");
+        write_private_file(&path, &serde_json::to_vec_pretty(b)?)?;
+    }
+
+    let edge: Arc<dyn EdgeControl> = Arc::new(NoEdge);
+    let state = ApiState::new(
+        store.clone(),
+        keys,
+        edge,
+        ApiSettings {
+            max_body_bytes: config.max_body_bytes,
+        },
+    );
+    let app = culvert_api::router(state);
+    let (tx, mut rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("API server failed")
+    });
+    tracing::info!(api = %api_addr, database = %redact(&url), "culvert server started");
+    Ok(RunningServer {
+        api_addr,
+        api_url,
+        bootstrap,
+        store,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// Hides a password in a database URL for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:///x/y.db"), "sqlite:///x/y.db");
+    }
+
+    #[test]
+    fn api_url_uses_loopback_for_unspecified() {
+        assert_eq!(url_host("0.0.0.0:8787".parse().unwrap()), "127.0.0.1:8787");
+        assert_eq!(url_host("127.0.0.2:1".parse().unwrap()), "127.0.0.2:1");
+    }
+}
