@@ -14,6 +14,7 @@ pub mod connect;
 pub mod error;
 pub mod framing;
 pub mod http_meta;
+pub mod registration;
 pub mod schema;
 pub mod stream;
 pub mod token;

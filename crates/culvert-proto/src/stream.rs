@@ -88,6 +88,7 @@ pub fn parse_data_preamble(buf: &[u8]) -> Result<Option<usize>, PreambleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::hex;
     use proptest::prelude::*;
 
     #[test]
@@ -129,10 +130,6 @@ mod tests {
             parse_data_preamble(&RPC_STREAM_SIGNATURE),
             Err(PreambleError::NotDataStream)
         );
-    }
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     proptest! {

@@ -48,13 +48,15 @@ impl StoreError {
     /// (lost connections, pool time-outs, busy SQLite).
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Database(e) => matches!(
-                e,
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            ) || e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "5" || c == "517" || c == "40001" || c == "40P01"),
+            StoreError::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "5" || c == "517" || c == "40001" || c == "40P01")
+            }
             _ => false,
         }
     }

@@ -23,6 +23,6 @@ pub mod testing;
 
 pub use error::StoreError;
 pub use model::*;
-pub use store::Store;
 pub use registry::EXPECTED_CONNS_PER_CONNECTOR;
+pub use store::Store;
 pub use store::{Backend, Result};

@@ -186,7 +186,9 @@ impl Store {
                 continue;
             }
             for r in &gone {
-                removed.connections.push(get_uuid(r, 0, "connections", "id")?);
+                removed
+                    .connections
+                    .push(get_uuid(r, 0, "connections", "id")?);
             }
             forget_idle_connectors(&mut tx, &tunnel_id).await?;
             recompute_status(&mut tx, &tunnel_id, now).await?;
@@ -330,30 +332,32 @@ pub(crate) async fn delete_connections(
     tunnel_id: &str,
     connector_id: Option<&str>,
 ) -> Result<Vec<Uuid>> {
-    let rows = match connector_id {
-        None => {
-            sqlx::query("DELETE FROM connections WHERE tunnel_id = $1 RETURNING id")
-                .bind(tunnel_id)
-                .fetch_all(&mut *conn)
-                .await?
-        }
-        Some(connector_id) => {
-            sqlx::query(
+    let rows =
+        match connector_id {
+            None => {
+                sqlx::query("DELETE FROM connections WHERE tunnel_id = $1 RETURNING id")
+                    .bind(tunnel_id)
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            Some(connector_id) => sqlx::query(
                 "DELETE FROM connections WHERE tunnel_id = $1 AND connector_id = $2 RETURNING id",
             )
             .bind(tunnel_id)
             .bind(connector_id)
             .fetch_all(&mut *conn)
-            .await?
-        }
-    };
+            .await?,
+        };
     rows.iter()
         .map(|r| get_uuid(r, 0, "connections", "id"))
         .collect()
 }
 
 /// Deletes the tunnel's connectors that have no connection left.
-pub(crate) async fn forget_idle_connectors(conn: &mut AnyConnection, tunnel_id: &str) -> Result<()> {
+pub(crate) async fn forget_idle_connectors(
+    conn: &mut AnyConnection,
+    tunnel_id: &str,
+) -> Result<()> {
     sqlx::query(
         "DELETE FROM connectors WHERE tunnel_id = $1 AND NOT EXISTS (
              SELECT 1 FROM connections c
@@ -374,10 +378,11 @@ pub(crate) async fn recompute_status(
     tunnel_id: &str,
     now: Micros,
 ) -> Result<()> {
-    let rows = sqlx::query("SELECT COUNT(*) FROM connections WHERE tunnel_id = $1 GROUP BY connector_id")
-        .bind(tunnel_id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows =
+        sqlx::query("SELECT COUNT(*) FROM connections WHERE tunnel_id = $1 GROUP BY connector_id")
+            .bind(tunnel_id)
+            .fetch_all(&mut *conn)
+            .await?;
     let mut live = 0i64;
     let mut short = false;
     for row in &rows {

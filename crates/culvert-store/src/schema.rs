@@ -157,11 +157,13 @@ impl Store {
         let row = sqlx::query("SELECT MAX(version) FROM schema_migrations")
             .fetch_one(&self.pool)
             .await?;
-        let v: Option<i64> = row.try_get(0).map_err(|e| crate::error::StoreError::Corrupt {
-            table: "schema_migrations",
-            column: "version",
-            detail: e.to_string(),
-        })?;
+        let v: Option<i64> = row
+            .try_get(0)
+            .map_err(|e| crate::error::StoreError::Corrupt {
+                table: "schema_migrations",
+                column: "version",
+                detail: e.to_string(),
+            })?;
         Ok(v.unwrap_or(0))
     }
 }

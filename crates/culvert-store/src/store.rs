@@ -11,7 +11,9 @@ use uuid::Uuid;
 use crate::codec::*;
 use crate::error::StoreError;
 use crate::model::*;
-use crate::registry::{count_connections, delete_connections, forget_idle_connectors, recompute_status};
+use crate::registry::{
+    count_connections, delete_connections, forget_idle_connectors, recompute_status,
+};
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,11 +189,13 @@ impl Store {
     pub async fn put_setting_if_absent(&self, key: &str, value: &str) -> Result<String> {
         // The insert is atomic on both backends; whoever loses reads the
         // winner's value.
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
         self.get_setting(key).await?.ok_or_else(|| {
             corrupt(
                 "settings",
@@ -332,7 +336,9 @@ impl Store {
         .await;
         match res {
             Ok(_) => Ok(tunnel),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::NameConflict { name: tunnel.name }),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::NameConflict { name: tunnel.name })
+            }
             Err(e) if is_foreign_key_violation(&e) => {
                 Err(StoreError::AccountNotFound(tunnel.account_id))
             }
@@ -444,7 +450,9 @@ impl Store {
         }
         if let Some(t) = filter.was_inactive_at {
             let n = w.arg(Arg::Int(t));
-            w.and(format!("(conns_active_at IS NULL OR conns_active_at > ${n})"));
+            w.and(format!(
+                "(conns_active_at IS NULL OR conns_active_at > ${n})"
+            ));
         }
         // Prefixes compare with substr, not LIKE: no wildcard escaping to get
         // wrong, and case-sensitive on SQLite too.

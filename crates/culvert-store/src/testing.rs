@@ -1,8 +1,8 @@
 //! Test support: throw-away PostgreSQL databases, so tests running in
 //! parallel (here and in other crates) never see each other's rows.
 
-use sqlx::Connection;
 use sqlx::AnyConnection;
+use sqlx::Connection;
 
 use crate::error::StoreError;
 use crate::store::{Result, Store};
@@ -49,7 +49,9 @@ pub fn database_url(base_url: &str, name: &str) -> Result<String> {
 /// Drops a database made by [`open_isolated_postgres`], disconnecting whoever
 /// still uses it. Close the store first when you can.
 pub async fn drop_isolated_postgres(base_url: &str, name: &str) -> Result<()> {
-    if !name.starts_with("culvert_test_") || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if !name.starts_with("culvert_test_")
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(StoreError::UnsupportedUrl(name.to_owned()));
     }
     sqlx::any::install_default_drivers();

@@ -219,7 +219,12 @@ async fn reopen_keeps_data(db: &mut TestDb) {
     let account = s.create_account("acme").await.unwrap();
     let tunnel = cfd(s, &account, "web").await;
     let cfg = s
-        .put_config(&account.id, tunnel.id, &json!({"ingress": []}), ConfigSource::Cloudflare)
+        .put_config(
+            &account.id,
+            tunnel.id,
+            &json!({"ingress": []}),
+            ConfigSource::Cloudflare,
+        )
         .await
         .unwrap();
     s.put_setting_if_absent("key", "v1").await.unwrap();
@@ -228,7 +233,10 @@ async fn reopen_keeps_data(db: &mut TestDb) {
     db.reopen().await; // migrations are idempotent
     let s = &db.store;
     assert_eq!(s.schema_version().await.unwrap(), 1);
-    assert_eq!(s.get_account(&account.id).await.unwrap(), Some(account.clone()));
+    assert_eq!(
+        s.get_account(&account.id).await.unwrap(),
+        Some(account.clone())
+    );
     assert_eq!(tunnel_now(s, tunnel.id).await, tunnel);
     assert_eq!(s.get_config(tunnel.id).await.unwrap(), Some(cfg));
     assert_eq!(s.get_setting("key").await.unwrap().as_deref(), Some("v1"));
@@ -291,7 +299,10 @@ async fn accounts(db: &mut TestDb) {
     tick().await;
     let b = s.create_account("second").await.unwrap();
     assert_eq!(a.id.len(), 32);
-    assert!(a.id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(
+        a.id.bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
     assert_ne!(a.id, b.id);
     assert_eq!(s.get_account(&a.id).await.unwrap(), Some(a.clone()));
     assert_eq!(s.get_account(&"0".repeat(32)).await.unwrap(), None);
@@ -301,9 +312,18 @@ async fn accounts(db: &mut TestDb) {
 async fn settings(db: &mut TestDb) {
     let s = &db.store;
     assert_eq!(s.get_setting("signing_key").await.unwrap(), None);
-    assert_eq!(s.put_setting_if_absent("signing_key", "A").await.unwrap(), "A");
-    assert_eq!(s.put_setting_if_absent("signing_key", "B").await.unwrap(), "A");
-    assert_eq!(s.get_setting("signing_key").await.unwrap().as_deref(), Some("A"));
+    assert_eq!(
+        s.put_setting_if_absent("signing_key", "A").await.unwrap(),
+        "A"
+    );
+    assert_eq!(
+        s.put_setting_if_absent("signing_key", "B").await.unwrap(),
+        "A"
+    );
+    assert_eq!(
+        s.get_setting("signing_key").await.unwrap().as_deref(),
+        Some("A")
+    );
 
     // Concurrent first starts agree on one value.
     let tasks: Vec<_> = (0..8)
@@ -332,7 +352,10 @@ fn token(account: &Account, kind: CredentialKind, hash_byte: u8) -> ApiToken {
             CredentialKind::ApiToken => None,
         },
         secret_hash: vec![hash_byte; 32],
-        permissions: vec!["Cloudflare Tunnel Write".into(), "Cloudflare Tunnel Read".into()],
+        permissions: vec![
+            "Cloudflare Tunnel Write".into(),
+            "Cloudflare Tunnel Read".into(),
+        ],
         created_at: now_micros(),
         expires_on: Some(now_micros() + 3_600_000_000),
         not_before: Some(now_micros() - 1),
@@ -352,11 +375,20 @@ async fn api_tokens(db: &mut TestDb) {
     s.create_api_token(&t1).await.unwrap();
     s.create_api_token(&t2).await.unwrap();
 
-    assert_eq!(s.find_api_token_by_hash(&[1; 32]).await.unwrap(), Some(t1.clone()));
-    assert_eq!(s.find_api_token_by_hash(&[2; 32]).await.unwrap(), Some(t2.clone()));
+    assert_eq!(
+        s.find_api_token_by_hash(&[1; 32]).await.unwrap(),
+        Some(t1.clone())
+    );
+    assert_eq!(
+        s.find_api_token_by_hash(&[2; 32]).await.unwrap(),
+        Some(t2.clone())
+    );
     assert_eq!(s.find_api_token_by_hash(&[3; 32]).await.unwrap(), None);
     assert_eq!(s.find_api_token_by_hash(&[]).await.unwrap(), None);
-    assert_eq!(s.list_api_tokens().await.unwrap(), vec![t1.clone(), t2.clone()]);
+    assert_eq!(
+        s.list_api_tokens().await.unwrap(),
+        vec![t1.clone(), t2.clone()]
+    );
 
     // Two bearer tokens never share a hash.
     let mut dup = token(&account, CredentialKind::ApiToken, 1);
@@ -384,7 +416,11 @@ async fn api_tokens(db: &mut TestDb) {
     let again = s.find_api_token_by_hash(&[1; 32]).await.unwrap().unwrap();
     assert_eq!(again.revoked_at, Some(at));
     assert_eq!(
-        s.find_api_token_by_hash(&[2; 32]).await.unwrap().unwrap().revoked_at,
+        s.find_api_token_by_hash(&[2; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
         None
     );
     assert!(matches!(
@@ -410,10 +446,21 @@ async fn global_keys(db: &mut TestDb) {
         s.find_global_keys("ops@example.com").await.unwrap(),
         vec![g1.clone(), g2.clone()]
     );
-    assert_eq!(s.find_global_keys("someone@example.com").await.unwrap(), vec![other]);
-    assert!(s.find_global_keys("nobody@example.com").await.unwrap().is_empty());
+    assert_eq!(
+        s.find_global_keys("someone@example.com").await.unwrap(),
+        vec![other]
+    );
+    assert!(
+        s.find_global_keys("nobody@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Only bearer tokens match by hash.
-    assert_eq!(s.find_api_token_by_hash(&[5; 32]).await.unwrap(), Some(bearer));
+    assert_eq!(
+        s.find_api_token_by_hash(&[5; 32]).await.unwrap(),
+        Some(bearer)
+    );
     assert_eq!(s.find_api_token_by_hash(&[6; 32]).await.unwrap(), None);
     assert_eq!(s.list_api_tokens().await.unwrap().len(), 4);
 }
@@ -442,28 +489,45 @@ async fn tunnels_create_and_get(db: &mut TestDb) {
     assert_eq!(t.status, TunnelStatus::Inactive);
     assert!(!t.ha);
 
-    assert_eq!(s.get_tunnel(&account.id, None, t.id).await.unwrap(), Some(t.clone()));
     assert_eq!(
-        s.get_tunnel(&account.id, Some(TunType::CfdTunnel), t.id).await.unwrap(),
+        s.get_tunnel(&account.id, None, t.id).await.unwrap(),
         Some(t.clone())
     );
     assert_eq!(
-        s.get_tunnel(&account.id, Some(TunType::WarpConnector), t.id).await.unwrap(),
+        s.get_tunnel(&account.id, Some(TunType::CfdTunnel), t.id)
+            .await
+            .unwrap(),
+        Some(t.clone())
+    );
+    assert_eq!(
+        s.get_tunnel(&account.id, Some(TunType::WarpConnector), t.id)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(s.get_tunnel(&other.id, None, t.id).await.unwrap(), None);
-    assert_eq!(s.get_tunnel(&account.id, None, Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(
+        s.get_tunnel(&account.id, None, Uuid::new_v4())
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(s.get_tunnel_by_id(t.id).await.unwrap(), Some(t.clone()));
     // Unknown key order survives verbatim.
     let stored = s.get_tunnel_by_id(t.id).await.unwrap().unwrap();
-    assert_eq!(stored.metadata.to_string(), r#"{"qtid":"abc","z":1,"a":[true,null]}"#);
+    assert_eq!(
+        stored.metadata.to_string(),
+        r#"{"qtid":"abc","z":1,"a":[true,null]}"#
+    );
 
     let mut w = new_tunnel(&account, "mesh", TunType::WarpConnector);
     w.ha = true;
     let w = s.create_tunnel(w).await.unwrap();
     assert!(w.ha);
     assert_eq!(
-        s.get_tunnel(&account.id, Some(TunType::WarpConnector), w.id).await.unwrap(),
+        s.get_tunnel(&account.id, Some(TunType::WarpConnector), w.id)
+            .await
+            .unwrap(),
         Some(w)
     );
 
@@ -480,7 +544,10 @@ async fn tunnel_name_conflicts(db: &mut TestDb) {
     let account = s.create_account("acme").await.unwrap();
     let other = s.create_account("other").await.unwrap();
     let t = cfd(s, &account, "web").await;
-    match s.create_tunnel(new_tunnel(&account, "web", TunType::CfdTunnel)).await {
+    match s
+        .create_tunnel(new_tunnel(&account, "web", TunType::CfdTunnel))
+        .await
+    {
         Err(StoreError::NameConflict { name }) => assert_eq!(name, "web"),
         other => panic!("expected NameConflict, got {other:?}"),
     }
@@ -552,7 +619,12 @@ async fn update_tunnel(db: &mut TestDb) {
 
     // Empty patch: unchanged.
     let same = s
-        .update_tunnel(&account.id, TunType::CfdTunnel, t.id, TunnelPatch::default())
+        .update_tunnel(
+            &account.id,
+            TunType::CfdTunnel,
+            t.id,
+            TunnelPatch::default(),
+        )
         .await
         .unwrap();
     assert_eq!(same, t);
@@ -635,15 +707,23 @@ async fn update_tunnel(db: &mut TestDb) {
         Err(StoreError::TunnelNotFound(id)) if id == unknown
     ));
     assert!(matches!(
-        s.update_tunnel(&account.id, TunType::WarpConnector, t.id, patch.clone()).await,
+        s.update_tunnel(&account.id, TunType::WarpConnector, t.id, patch.clone())
+            .await,
         Err(StoreError::TunnelNotFound(_))
     ));
     assert!(matches!(
-        s.update_tunnel(&account.id, TunType::WarpConnector, t.id, TunnelPatch::default()).await,
+        s.update_tunnel(
+            &account.id,
+            TunType::WarpConnector,
+            t.id,
+            TunnelPatch::default()
+        )
+        .await,
         Err(StoreError::TunnelNotFound(_))
     ));
     assert!(matches!(
-        s.update_tunnel(&"a".repeat(32), TunType::CfdTunnel, t.id, patch).await,
+        s.update_tunnel(&"a".repeat(32), TunType::CfdTunnel, t.id, patch)
+            .await,
         Err(StoreError::TunnelNotFound(_))
     ));
 
@@ -702,7 +782,8 @@ async fn delete_tunnel(db: &mut TestDb) {
         Err(StoreError::TunnelNotFound(id)) if id == w.id
     ));
     assert!(matches!(
-        s.delete_tunnel(&account.id, TunType::CfdTunnel, Uuid::new_v4(), true).await,
+        s.delete_tunnel(&account.id, TunType::CfdTunnel, Uuid::new_v4(), true)
+            .await,
         Err(StoreError::TunnelNotFound(_))
     ));
     let (w2, _) = s
@@ -789,7 +870,11 @@ async fn list_filters(db: &mut TestDb) {
     .await;
     assert_eq!(names(&cfd_only), ["alpha", "beta", "gamma"]);
     let both = list(TunnelFilter {
-        tun_types: vec![TunType::WarpConnector, TunType::CfdTunnel, TunType::WarpConnector],
+        tun_types: vec![
+            TunType::WarpConnector,
+            TunType::CfdTunnel,
+            TunType::WarpConnector,
+        ],
         ..Default::default()
     })
     .await;
@@ -856,9 +941,15 @@ async fn list_filters(db: &mut TestDb) {
     assert_eq!(names(&at(alpha.created_at - 1).await), Vec::<&str>::new());
     assert_eq!(names(&at(alpha.created_at).await), ["alpha"]);
     assert_eq!(names(&at(mesh.created_at).await), ["alpha", "beta", "mesh"]);
-    assert_eq!(names(&at(beta_deleted_at - 1).await), ["alpha", "beta", "mesh"]);
+    assert_eq!(
+        names(&at(beta_deleted_at - 1).await),
+        ["alpha", "beta", "mesh"]
+    );
     assert_eq!(names(&at(beta_deleted_at).await), ["alpha", "mesh"]);
-    assert_eq!(names(&at(gamma.created_at).await), ["alpha", "mesh", "gamma"]);
+    assert_eq!(
+        names(&at(gamma.created_at).await),
+        ["alpha", "mesh", "gamma"]
+    );
 
     let inactive = list(TunnelFilter {
         status: Some(TunnelStatus::Inactive),
@@ -876,7 +967,10 @@ async fn list_filters(db: &mut TestDb) {
     };
     assert_eq!(names(&status(TunnelStatus::Healthy).await), ["gamma"]);
     assert_eq!(names(&status(TunnelStatus::Degraded).await), ["alpha"]);
-    assert_eq!(names(&status(TunnelStatus::Inactive).await), ["beta", "mesh"]);
+    assert_eq!(
+        names(&status(TunnelStatus::Inactive).await),
+        ["beta", "mesh"]
+    );
     assert_eq!(names(&status(TunnelStatus::Down).await), Vec::<&str>::new());
 
     // Filters combine with AND.
@@ -985,7 +1079,9 @@ async fn list_prefix_filters(db: &mut TestDb) {
             (got_inc, got_exc)
         }
     };
-    for prefix in ["web", "Web", "w%", "w_", "w\\", "100%", "_", "%", "é", "web-1", "zzz"] {
+    for prefix in [
+        "web", "Web", "w%", "w_", "w\\", "100%", "_", "%", "é", "web-1", "zzz",
+    ] {
         let (inc, exc) = check(prefix).await;
         let mut want_inc: Vec<String> = names_in
             .iter()
@@ -1011,7 +1107,7 @@ async fn pagination(db: &mut TestDb) {
     for i in 0..7 {
         created.push(cfd(s, &account, &format!("t{i}")).await);
     }
-    created.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+    created.sort_by_key(|a| (a.created_at, a.id));
     let f = TunnelFilter::default();
     let mut seen = Vec::new();
     for (page, len) in [(1, 3), (2, 3), (3, 1), (4, 0), (100, 0)] {
@@ -1026,7 +1122,10 @@ async fn pagination(db: &mut TestDb) {
     assert_eq!(p0.items, created[..3].to_vec());
     let big = s.list_tunnels(&account.id, &f, 1, 1000).await.unwrap();
     assert_eq!(big.items, created);
-    let far = s.list_tunnels(&account.id, &f, u32::MAX, u32::MAX).await.unwrap();
+    let far = s
+        .list_tunnels(&account.id, &f, u32::MAX, u32::MAX)
+        .await
+        .unwrap();
     assert!(far.items.is_empty());
     assert_eq!(far.total_count, 7);
     // The count follows the filter.
@@ -1077,7 +1176,8 @@ async fn configs(db: &mut TestDb) {
         Err(StoreError::TunnelNotFound(id)) if id == t.id
     ));
     assert!(matches!(
-        s.put_config(&account.id, Uuid::new_v4(), &c1, ConfigSource::Cloudflare).await,
+        s.put_config(&account.id, Uuid::new_v4(), &c1, ConfigSource::Cloudflare)
+            .await,
         Err(StoreError::TunnelNotFound(_))
     ));
     // Deleting and re-using the name never resets or reuses versions.
@@ -1144,7 +1244,10 @@ async fn register_healthy_and_degraded(db: &mut TestDb) {
     assert_eq!(c.tunnel_id, t.id);
     assert_eq!(c.arch, "linux_amd64");
     assert_eq!(c.version, "2024.1.0");
-    assert_eq!(c.features, vec!["serialized_headers", "support_datagram_v2"]);
+    assert_eq!(
+        c.features,
+        vec!["serialized_headers", "support_datagram_v2"]
+    );
     assert_eq!(c.run_at, 1_700_000_000_000_000);
     assert_eq!(c.config_version, 0);
     assert_eq!(c.conns.iter().map(|c| c.id).collect::<Vec<_>>(), ids1);
@@ -1177,7 +1280,10 @@ async fn register_healthy_and_degraded(db: &mut TestDb) {
     assert_eq!(now.conns_active_at, Some(active_at));
     let connectors = s.list_connectors(t.id).await.unwrap();
     assert_eq!(
-        connectors.iter().map(|c| (c.id, c.conns.len())).collect::<Vec<_>>(),
+        connectors
+            .iter()
+            .map(|c| (c.id, c.conns.len()))
+            .collect::<Vec<_>>(),
         vec![(k1, 4), (k2, 2)]
     );
     assert_eq!(connectors[1].arch, "linux_arm64");
@@ -1264,7 +1370,13 @@ async fn unregister_until_down(db: &mut TestDb) {
 
     // Removing nothing changes nothing: still down, same instant.
     tick().await;
-    assert!(s.remove_connections(t.id, None).await.unwrap().connections.is_empty());
+    assert!(
+        s.remove_connections(t.id, None)
+            .await
+            .unwrap()
+            .connections
+            .is_empty()
+    );
     assert_eq!(tunnel_now(s, t.id).await, down);
 
     // Coming back starts a new active period.
@@ -1306,19 +1418,21 @@ async fn remove_connections(db: &mut TestDb) {
         HashSet::from([k1, k2])
     );
     // An unknown connector removes nothing.
-    assert!(s
-        .remove_connections(t.id, Some(Uuid::new_v4()))
-        .await
-        .unwrap()
-        .connections
-        .is_empty());
+    assert!(
+        s.remove_connections(t.id, Some(Uuid::new_v4()))
+            .await
+            .unwrap()
+            .connections
+            .is_empty()
+    );
     // An unknown tunnel neither.
-    assert!(s
-        .remove_connections(Uuid::new_v4(), None)
-        .await
-        .unwrap()
-        .connections
-        .is_empty());
+    assert!(
+        s.remove_connections(Uuid::new_v4(), None)
+            .await
+            .unwrap()
+            .connections
+            .is_empty()
+    );
 
     // All of them.
     let removed = s.remove_connections(t.id, None).await.unwrap();
@@ -1376,8 +1490,20 @@ async fn clear_edge_node(db: &mut TestDb) {
     assert_eq!(tunnel_now(s, c.id).await.status, TunnelStatus::Healthy);
 
     // Nothing left there.
-    assert!(s.clear_edge_node("edge-1").await.unwrap().connections.is_empty());
-    assert!(s.clear_edge_node("never").await.unwrap().connections.is_empty());
+    assert!(
+        s.clear_edge_node("edge-1")
+            .await
+            .unwrap()
+            .connections
+            .is_empty()
+    );
+    assert!(
+        s.clear_edge_node("never")
+            .await
+            .unwrap()
+            .connections
+            .is_empty()
+    );
     let removed = s.clear_edge_node("edge-2").await.unwrap();
     assert_eq!(removed.connections.len(), 6);
     for t in [&a, &b, &c] {
@@ -1440,7 +1566,10 @@ async fn concurrent_registrations(db: &mut TestDb) {
         replaced += task.await.unwrap().unwrap().connections.len();
     }
     assert_eq!(replaced, 5);
-    assert_eq!(s.get_connector(t.id, k).await.unwrap().unwrap().conns.len(), 1);
+    assert_eq!(
+        s.get_connector(t.id, k).await.unwrap().unwrap().conns.len(),
+        1
+    );
     assert_eq!(tunnel_now(s, t.id).await.status, TunnelStatus::Degraded);
     s.remove_connections(t.id, Some(k)).await.unwrap();
 
@@ -1473,20 +1602,44 @@ async fn connector_config_version(db: &mut TestDb) {
     let (k2, _) = connect(s, t.id, 4, "edge-1").await;
     s.set_config_version(t.id, k1, 3).await.unwrap();
     let connectors = s.list_connectors(t.id).await.unwrap();
-    let versions: Vec<(Uuid, i64)> = connectors.iter().map(|c| (c.id, c.config_version)).collect();
+    let versions: Vec<(Uuid, i64)> = connectors
+        .iter()
+        .map(|c| (c.id, c.config_version))
+        .collect();
     assert!(versions.contains(&(k1, 3)));
     assert!(versions.contains(&(k2, 0)));
     s.set_config_version(t.id, k2, 5).await.unwrap();
-    assert_eq!(s.get_connector(t.id, k2).await.unwrap().unwrap().config_version, 5);
+    assert_eq!(
+        s.get_connector(t.id, k2)
+            .await
+            .unwrap()
+            .unwrap()
+            .config_version,
+        5
+    );
     // Unknown connectors are ignored.
     s.set_config_version(t.id, Uuid::new_v4(), 9).await.unwrap();
     s.set_config_version(Uuid::new_v4(), k1, 9).await.unwrap();
-    assert_eq!(s.get_connector(t.id, k1).await.unwrap().unwrap().config_version, 3);
+    assert_eq!(
+        s.get_connector(t.id, k1)
+            .await
+            .unwrap()
+            .unwrap()
+            .config_version,
+        3
+    );
     // A connector that lost all connections starts over.
     s.remove_connections(t.id, Some(k1)).await.unwrap();
     let reg = registration(t.id, k1, 0, "edge-1");
     s.register_connection(&reg).await.unwrap();
-    assert_eq!(s.get_connector(t.id, k1).await.unwrap().unwrap().config_version, 0);
+    assert_eq!(
+        s.get_connector(t.id, k1)
+            .await
+            .unwrap()
+            .unwrap()
+            .config_version,
+        0
+    );
 }
 
 async fn registration_errors(db: &mut TestDb) {
@@ -1509,20 +1662,27 @@ async fn sqlite_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("a/b/c/culvert.db");
-    let store = Store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
     store.create_account("x").await.unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     // The WAL file inherits the mode.
     let wal = dir.path().join("a/b/c/culvert.db-wal");
-    assert_eq!(std::fs::metadata(&wal).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     store.close().await;
 
     // An existing, world-readable file is tightened; `sqlite:` works too.
     let loose = dir.path().join("loose.db");
     std::fs::write(&loose, b"").unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let store = Store::open(&format!("sqlite:{}", loose.display())).await.unwrap();
+    let store = Store::open(&format!("sqlite:{}", loose.display()))
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::metadata(&loose).unwrap().permissions().mode() & 0o777,
         0o600
@@ -1542,18 +1702,25 @@ async fn sqlite_odd_paths() {
     assert!(dir.path().join("we ird%20#dir/da").exists());
     // …but everything before it is taken verbatim.
     let path = dir.path().join("sp ace/100%/x#y.db");
-    let store = Store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
     let a = store.create_account("x").await.unwrap();
     store.close().await;
     assert!(path.exists());
-    let store = Store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
     assert_eq!(store.get_account(&a.id).await.unwrap(), Some(a));
     store.close().await;
 
     // Relative paths are resolved against the working directory.
     let rel = format!(
         "sqlite://{}",
-        pathdiff(&dir.path().join("rel.db"), &std::env::current_dir().unwrap())
+        pathdiff(
+            &dir.path().join("rel.db"),
+            &std::env::current_dir().unwrap()
+        )
     );
     let store = Store::open(&rel).await.unwrap();
     store.close().await;
