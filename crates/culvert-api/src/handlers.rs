@@ -286,7 +286,7 @@ pub async fn cfd_put_config(State(st): State<ApiState>, ids: Ids, JsonBody(b): J
         None | Some(serde_json::Value::Null) => json!({}),
         Some(c) => c,
     };
-    if let Err(e) = Ok::<(), String>(()).map(|_| &config) {
+    if let Err(e) = culvert_ingress::parse_remote_config(&config) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             code::BAD_CONFIGURATION,

@@ -301,7 +301,11 @@ mod tests {
             ("-2562047h47m16.854775808s", i64::MIN),
         ];
         for (s, want) in ok {
-            assert_eq!(GoDuration::parse_go(s).map(GoDuration::as_nanos), Ok(want), "{s}");
+            assert_eq!(
+                GoDuration::parse_go(s).map(GoDuration::as_nanos),
+                Ok(want),
+                "{s}"
+            );
         }
         let err = [
             ("", "time: invalid duration \"\""),
@@ -311,9 +315,18 @@ mod tests {
             ("1 s", "time: unknown unit \" s\" in duration \"1 s\""),
             (".s", "time: invalid duration \".s\""),
             ("-", "time: invalid duration \"-\""),
-            ("1é", "time: unknown unit \"\\xc3\\xa9\" in duration \"1\\xc3\\xa9\""),
-            ("2562047h47m16.854775808s", "time: invalid duration \"2562047h47m16.854775808s\""),
-            ("9999999999999999999h", "time: invalid duration \"9999999999999999999h\""),
+            (
+                "1é",
+                "time: unknown unit \"\\xc3\\xa9\" in duration \"1\\xc3\\xa9\"",
+            ),
+            (
+                "2562047h47m16.854775808s",
+                "time: invalid duration \"2562047h47m16.854775808s\"",
+            ),
+            (
+                "9999999999999999999h",
+                "time: invalid duration \"9999999999999999999h\"",
+            ),
         ];
         for (s, want) in err {
             assert_eq!(GoDuration::parse_go(s), Err(want.to_owned()), "{s}");
@@ -342,15 +355,27 @@ mod tests {
 
     #[test]
     fn conversions() {
-        assert_eq!(GoDuration::from_secs(30).unwrap().to_std(), Duration::from_secs(30));
+        assert_eq!(
+            GoDuration::from_secs(30).unwrap().to_std(),
+            Duration::from_secs(30)
+        );
         assert_eq!(GoDuration::from_secs(-1).unwrap().to_std(), Duration::ZERO);
         assert_eq!(GoDuration::from_secs(9_223_372_037), None);
         assert_eq!(GoDuration::from_secs_f64(0.5).unwrap().as_nanos(), S / 2);
         assert_eq!(GoDuration::from_secs_f64(1e100), None);
         assert_eq!(GoDuration::from_secs_f64(f64::NAN), None);
-        assert_eq!(GoDuration::from(Duration::from_secs(u64::MAX)).as_nanos(), i64::MAX);
-        assert_eq!(serde_json::to_string(&GoDuration::from_nanos(30 * S)).unwrap(), "30");
-        assert_eq!(serde_json::to_string(&GoDuration::from_nanos(S / 2)).unwrap(), "0.5");
+        assert_eq!(
+            GoDuration::from(Duration::from_secs(u64::MAX)).as_nanos(),
+            i64::MAX
+        );
+        assert_eq!(
+            serde_json::to_string(&GoDuration::from_nanos(30 * S)).unwrap(),
+            "30"
+        );
+        assert_eq!(
+            serde_json::to_string(&GoDuration::from_nanos(S / 2)).unwrap(),
+            "0.5"
+        );
         let d: GoDuration = serde_json::from_str("\"1m\"").unwrap();
         assert_eq!(d.as_nanos(), 60 * S);
         let d: GoDuration = serde_json::from_str("5").unwrap();

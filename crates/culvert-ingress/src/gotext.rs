@@ -9,8 +9,25 @@ use std::fmt::Write as _;
 /// tables, so non-ASCII printability is approximated by the explicit list in
 /// [`is_go_print`]. ASCII, which is what service URLs contain in practice, is exact.
 pub(crate) fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+    quote_bytes(s.as_bytes())
+}
+
+/// [`quote`] for bytes that may not be UTF-8 (Go strings), escaping invalid
+/// bytes as `\xNN` like Go does.
+pub(crate) fn quote_bytes(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len() + 2);
     out.push('"');
+    for chunk in b.utf8_chunks() {
+        push_quoted(&mut out, chunk.valid());
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn push_quoted(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -34,8 +51,6 @@ pub(crate) fn quote(s: &str) -> String {
             }
         }
     }
-    out.push('"');
-    out
 }
 
 /// Approximation of Go's `strconv.IsPrint`: ASCII graphic characters and space
@@ -140,6 +155,8 @@ mod tests {
             ("\u{10fffd}", r#""\U0010fffd""#),
             ("😀", "\"😀\""),
         ];
+        assert_eq!(quote_bytes(b"%\xe6\x97"), r#""%\xe6\x97""#);
+        assert_eq!(quote_bytes("%日".as_bytes()), "\"%日\"");
         for (input, want) in cases {
             assert_eq!(quote(input), want, "quote({input:?})");
         }
@@ -153,8 +170,18 @@ mod tests {
         assert_eq!(atoi("-5"), Ok(-5));
         assert_eq!(atoi("-9223372036854775808"), Ok(i64::MIN));
         assert_eq!(atoi("9223372036854775807"), Ok(i64::MAX));
-        let syntax = |s: &str| Err(format!("strconv.Atoi: parsing {}: invalid syntax", quote(s)));
-        let range = |s: &str| Err(format!("strconv.Atoi: parsing {}: value out of range", quote(s)));
+        let syntax = |s: &str| {
+            Err(format!(
+                "strconv.Atoi: parsing {}: invalid syntax",
+                quote(s)
+            ))
+        };
+        let range = |s: &str| {
+            Err(format!(
+                "strconv.Atoi: parsing {}: value out of range",
+                quote(s)
+            ))
+        };
         assert_eq!(atoi(""), syntax(""));
         assert_eq!(atoi("+"), syntax("+"));
         assert_eq!(atoi("asdf"), syntax("asdf"));

@@ -9,7 +9,7 @@
 //! *last* colon of the host, and a bracketed host is not checked to be an IPv6
 //! address.
 
-use crate::gotext::quote;
+use crate::gotext::{quote, quote_bytes};
 
 /// The parts of a URL as Go's `net/url.URL` holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -256,7 +256,9 @@ fn unescape(s: &str, mode: Mode) -> Result<String, String> {
         match b[i] {
             b'%' => {
                 any_escape = true;
-                if i + 2 >= b.len() || !b[i + 1].is_ascii_hexdigit() || !b[i + 2].is_ascii_hexdigit()
+                if i + 2 >= b.len()
+                    || !b[i + 1].is_ascii_hexdigit()
+                    || !b[i + 2].is_ascii_hexdigit()
                 {
                     let end = (i + 3).min(b.len());
                     return Err(escape_error(&b[i..end]));
@@ -304,10 +306,8 @@ fn unescape(s: &str, mode: Mode) -> Result<String, String> {
 }
 
 fn escape_error(bytes: &[u8]) -> String {
-    format!(
-        "invalid URL escape {}",
-        quote(&String::from_utf8_lossy(bytes))
-    )
+    // The 3-byte window may split a UTF-8 character; Go quotes the raw bytes.
+    format!("invalid URL escape {}", quote_bytes(bytes))
 }
 
 fn unhex(c: u8) -> u8 {
@@ -415,6 +415,10 @@ mod tests {
                 r#"parse "http://us er@host": net/url: invalid userinfo"#,
             ),
             (
+                "http://host/%日",
+                r#"parse "http://host/%日": invalid URL escape "%\xe6\x97""#,
+            ),
+            (
                 "http://host#%zz",
                 r#"parse "http://host#%zz": invalid URL escape "%zz""#,
             ),
@@ -435,7 +439,10 @@ mod tests {
     #[test]
     fn successful_parses_match_go() {
         let u = parse("http://127.0.0.1:2333").unwrap();
-        assert_eq!((u.scheme.as_str(), u.host.as_str(), u.path.as_str()), ("http", "127.0.0.1:2333", ""));
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.path.as_str()),
+            ("http", "127.0.0.1:2333", "")
+        );
         assert_eq!((u.hostname(), u.port()), ("127.0.0.1", "2333"));
 
         let u = parse("HTTPS://user:p%40ss@Example.COM:8443/a%20b?q=1#frag").unwrap();
@@ -453,7 +460,10 @@ mod tests {
 
         // "localhost:8000" has scheme "localhost" and an opaque part.
         let u = parse("localhost:8000").unwrap();
-        assert_eq!((u.scheme.as_str(), u.opaque.as_str(), u.host.as_str()), ("localhost", "8000", ""));
+        assert_eq!(
+            (u.scheme.as_str(), u.opaque.as_str(), u.host.as_str()),
+            ("localhost", "8000", "")
+        );
 
         // Go accepts any digits as a port and only checks the last colon.
         assert_eq!(parse("http://a:99999").unwrap().port(), "99999");
@@ -470,7 +480,10 @@ mod tests {
         assert_eq!(parse("//h:1/x").unwrap().host, "h:1");
         assert_eq!(parse("http://môô.com").unwrap().hostname(), "môô.com");
         assert_eq!(parse("http://%C3%A9.com").unwrap().hostname(), "é.com");
-        assert_eq!(parse("1http://x/y").map_err(|e| e.detail), Err("first path segment in URL cannot contain colon".into()));
+        assert_eq!(
+            parse("1http://x/y").map_err(|e| e.detail),
+            Err("first path segment in URL cannot contain colon".into())
+        );
     }
 
     proptest! {

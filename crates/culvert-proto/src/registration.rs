@@ -602,7 +602,7 @@ impl UnregisterUdpSessionParams {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use capnp::message::Builder;
     use capnp::traits::HasTypeId;
@@ -691,7 +691,7 @@ mod tests {
         assert_eq!(Method::from_ids(ids::TUNNEL_SERVER, 0), None);
     }
 
-    pub(crate) fn sample_params() -> RegisterConnectionParams {
+    pub fn sample_params() -> RegisterConnectionParams {
         RegisterConnectionParams {
             auth: TunnelAuth {
                 account_tag: "0123456789abcdef0123456789abcdef".into(),

@@ -181,6 +181,7 @@ def start_server(backend: str, workdir: Path, database_url: Optional[str]) -> Cu
     env.pop("CULVERT_DATA_DIR", None)
     env.pop("CULVERT_API_LISTEN", None)
     env.setdefault("CULVERT_LOG_LEVEL", "info")
+    env["NO_COLOR"] = "1"  # the log is a file
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             cmd,
@@ -255,19 +256,11 @@ def _stop(proc: subprocess.Popen) -> Optional[int]:
         return None
 
 
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgres",
-        id="postgres",
-        marks=pytest.mark.skipif(not PG_URL, reason=f"{PG_ENV} not set"),
-    ),
-]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def server(request) -> Iterator[CulvertServer]:
     backend = request.param
+    if backend == "postgres" and not PG_URL:
+        pytest.skip(f"{PG_ENV} not set")
     workdir = Path(tempfile.mkdtemp(prefix=f"culvert-sdk-{backend}-"))
     db = FreshPostgresDatabase(PG_URL) if backend == "postgres" else None
     srv = None
@@ -277,6 +270,10 @@ def server(request) -> Iterator[CulvertServer]:
     finally:
         status = _stop(srv.proc) if srv else 0
         log = srv.log_tail() if srv else ""
+        keep = os.environ.get("CULVERT_SDK_LOG_DIR")
+        if keep and srv:  # keep every server's log for later reading
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(srv.stderr_path, Path(keep) / f"{request.module.__name__}-{backend}-{srv.port}.log")
         if db:
             db.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -300,3 +297,13 @@ def account_id(server: CulvertServer) -> str:
 def prefix() -> str:
     """A name prefix no other test uses, so list filters see only this test's tunnels."""
     return f"sdk-{uuid.uuid4().hex[:10]}-"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, show the end of the server's log (one line per request)."""
+    outcome = yield
+    report = outcome.get_result()
+    srv = getattr(item, "funcargs", {}).get("server")
+    if report.failed and isinstance(srv, CulvertServer):
+        report.sections.append((f"culvert server log, {srv.backend} (last lines)", srv.log_tail(40)))

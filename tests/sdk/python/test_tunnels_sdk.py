@@ -12,6 +12,7 @@ import base64
 import json
 import re
 import secrets
+import socket
 import string
 import time
 import uuid
@@ -646,16 +647,13 @@ def test_duplicate_name_is_409_without_retries(server, account_id, prefix):
     tunnels = client.zero_trust.tunnels.cloudflared
     tunnels.create(account_id=account_id, name=prefix + "dup")
     n = len(rec.requests)
-    started = time.monotonic()
     err = expect_api_error(cloudflare.ConflictError, tunnels.create, account_id=account_id, name=prefix + "dup")
-    elapsed = time.monotonic() - started
     assert err.status_code == 409
     assert err.errors[0].code == 1013
     assert err.errors[0].message == NAME_CONFLICT_MESSAGE
     assert err.response.headers.get("x-should-retry") == "false", "§1.1 [REC]: deterministic 409s carry x-should-retry: false"
     assert len(rec.requests) - n == 1, f"the SDK sent the 409 request {len(rec.requests) - n} times"
     assert err.response.request.headers.get("x-stainless-retry-count") == "0"
-    assert elapsed < 0.35, f"a 409 took {elapsed:.2f} s: the SDK waited to retry"
     # Only one tunnel of that name exists.
     assert len(collect(tunnels.list(account_id=account_id, name=prefix + "dup"))) == 1
 
@@ -681,7 +679,10 @@ def test_unauthenticated_401(server, account_id):
 
 def test_read_only_token_403(server, cf, account_id, prefix, read_only_token):
     t = cf.zero_trust.tunnels.cloudflared.create(account_id=account_id, name=prefix + "ro")
-    ro = server.client(api_token=read_only_token)
+    # No connection reuse here: an early 403 can leave a pooled connection dead
+    # (see test_keep_alive_after_early_auth_error, which checks that on its own).
+    ro = server.client(api_token=read_only_token,
+                       http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)))
     tunnels = ro.zero_trust.tunnels.cloudflared
 
     # Reads are allowed (§1.5).
@@ -817,3 +818,66 @@ def test_raw_errors(server, http, account_id):
     r = http.post(f"accounts/{account_id}/cfd_tunnel", json={"name": name})
     check(r, 409, 1013)
     assert r.headers.get("x-should-retry") == "false"
+
+
+def _read_response(sock: socket.socket) -> Tuple[str, Dict[str, str], bytes]:
+    """Reads one HTTP/1.1 response with a Content-Length body."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {buf!r}")
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+    n = int(headers.get("content-length", "0"))
+    while len(body) < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed in the body")
+        body += chunk
+    return lines[0], headers, body
+
+
+def test_keep_alive_after_early_auth_error(server, cf, account_id, prefix, read_only_token):
+    """A 401/403 that the server sends before it has read the request body must
+    either say `Connection: close` or leave the connection usable. httpx (the
+    SDK's transport) writes the headers and the body separately and reuses
+    pooled connections, so a server that silently drops the connection after
+    such an answer makes the *next* SDK call fail with APIConnectionError
+    ("Server disconnected without sending a response") when max_retries=0."""
+    t = cf.zero_trust.tunnels.cloudflared.create(account_id=account_id, name=prefix + "ka")
+    body = json.dumps({"name": prefix + "nope"}).encode()
+    cases = [
+        ("403 read-only token", read_only_token, "POST", f"cfd_tunnel"),
+        ("403 read-only token", read_only_token, "PATCH", f"cfd_tunnel/{t.id}"),
+        ("401 unknown token", "x" * 40, "POST", "cfd_tunnel"),
+    ]
+    failures = []
+    for label, token, method, path in cases:
+        for attempt in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(
+                    f"{method} /client/v4/accounts/{account_id}/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                )
+                status, headers, _ = _read_response(sock)  # answered before the body was sent
+                assert status.split()[1] in ("401", "403"), status
+                if headers.get("connection", "").lower() == "close":
+                    continue  # the client knows not to reuse it
+                try:
+                    sock.sendall(body)
+                    time.sleep(0.05)
+                    sock.sendall(
+                        f"GET /client/v4/accounts/{account_id}/cfd_tunnel/{t.id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        f"Authorization: Bearer {server.api_token}\r\n\r\n".encode()
+                    )
+                    status2, _, _ = _read_response(sock)
+                    if " 200 " not in status2 + " ":
+                        failures.append(f"{label} {method}: next request got {status2}")
+                except OSError as e:
+                    failures.append(f"{label} {method} (try {attempt + 1}): {status} without Connection: close, "
+                                    f"then the server dropped the connection: {e!r}")
+    assert not failures, "\n".join(failures)
