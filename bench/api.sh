@@ -13,7 +13,8 @@
 # subsections of the backends run). Raw wrk output: bench/results/api-<time>/.
 #
 # Knobs (environment; the defaults are the issue's): BENCH_TUNNELS=10000
-# BENCH_CONNECTIONS=64 BENCH_THREADS=2 BENCH_DURATION=15s BENCH_WARMUP=3s
+# BENCH_CONNECTIONS=64 BENCH_THREADS=2 BENCH_DURATION=15s BENCH_WARMUP=3s;
+# BENCH_NO_BUILD=1 skips the cargo build and uses target/release/culvert as is.
 # PostgreSQL: BENCH_PG_HOST=127.0.0.1 BENCH_PG_PORT=5432 BENCH_PG_USER=postgres
 # BENCH_PG_ADMIN_DB=test (the database CREATE/DROP DATABASE is run from).
 set -euo pipefail
@@ -28,7 +29,7 @@ case "$MODE" in
     postgres) BACKENDS=(postgres) ;;
     all) BACKENDS=(sqlite postgres) ;;
     -h | --help)
-        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -50,10 +51,11 @@ PG_USER="${BENCH_PG_USER:-postgres}"
 PG_ADMIN_DB="${BENCH_PG_ADMIN_DB:-test}"
 
 # The command as it should be re-typed, with any non-default knob.
-COMMAND="bash bench/api.sh $MODE"
-for knob in BENCH_TUNNELS BENCH_CONNECTIONS BENCH_THREADS BENCH_DURATION BENCH_WARMUP; do
-    if [[ -n "${!knob:-}" ]]; then COMMAND="$knob=${!knob} $COMMAND"; fi
+COMMAND=""
+for knob in BENCH_TUNNELS BENCH_CONNECTIONS BENCH_THREADS BENCH_DURATION BENCH_WARMUP BENCH_NO_BUILD; do
+    if [[ -n "${!knob:-}" ]]; then COMMAND+="$knob=${!knob} "; fi
 done
+COMMAND+="bash bench/api.sh $MODE"
 
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 RESULTS="$ROOT/bench/results/api-$RUN_ID"
@@ -133,9 +135,13 @@ if [[ " ${BACKENDS[*]} " == *" postgres "* ]]; then
     psql_admin -c "SELECT 1" >/dev/null || die "PostgreSQL is not reachable at $PG_HOST:$PG_PORT as $PG_USER (database $PG_ADMIN_DB)"
 fi
 
-log "building: cargo build --release -p culvert"
-cargo build --release -p culvert
-[[ -x "$BIN" ]] || die "$BIN was not built"
+if [[ -n "${BENCH_NO_BUILD:-}" ]]; then
+    log "BENCH_NO_BUILD set: using the existing ${BIN#"$ROOT"/}"
+else
+    log "building: cargo build --release -p culvert"
+    cargo build --release -p culvert
+fi
+[[ -x "$BIN" ]] || die "$BIN is missing (build it: cargo build --release -p culvert)"
 
 mkdir -p "$RESULTS"
 log "raw results: ${RESULTS#"$ROOT"/}"
@@ -151,6 +157,7 @@ META_NPROC="$(nproc)" \
 META_CPU="$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n 1)" \
 META_MEM="$(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo)" \
 META_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
+META_BUILD="$([[ -n "${BENCH_NO_BUILD:-}" ]] && echo "existing target/release/culvert (not rebuilt)" || echo "\`cargo build --release -p culvert\`")" \
 META_COMMIT="$commit" \
 META_WRK="$(wrk --version 2>&1 | head -n 1 | cut -d' ' -f1-2 || true)" \
 META_COMMAND="$COMMAND" \
@@ -161,6 +168,7 @@ e = os.environ
 json.dump({
     "date": e["META_DATE"], "nproc": int(e["META_NPROC"]), "cpu_model": e["META_CPU"] or "unknown CPU",
     "mem": e["META_MEM"], "loadavg": e["META_LOAD"], "commit": e["META_COMMIT"], "wrk": e["META_WRK"],
+    "build": e["META_BUILD"],
     "command": e["META_COMMAND"], "tunnels": int(tunnels), "pages": int(pages),
     "connections": int(conns), "threads": int(threads), "duration": duration, "warmup": warmup,
     "backends": {},

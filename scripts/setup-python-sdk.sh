@@ -11,7 +11,7 @@
 set -euo pipefail
 
 # The official Cloudflare Python SDK (Stainless-generated). 5.9.0 is the
-# version /work/shared/spec/sdk-clients.md was recorded against.
+# version shared/spec/sdk-clients.md was recorded against.
 CLOUDFLARE_VERSION="5.9.0"
 PYTEST_VERSION="9.2.0"
 

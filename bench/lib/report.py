@@ -79,6 +79,10 @@ def fmt_ms(ms: float) -> str:
     return f"{ms:.0f} ms"
 
 
+def fmt_ratio(x: float) -> str:
+    return f"{x:.1%}" if x < 0.1 else f"{x:.0%}"
+
+
 def errors_cell(r: dict) -> str:
     sock = sum(r.get("socket_errors", {}).values())
     parts = []
@@ -97,7 +101,7 @@ def backend_subsection(backend: str, meta: dict, results: dict[str, dict]) -> st
         f"- Machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu_model']}, {meta['mem']}; "
         f"load average when the run started: {meta['loadavg']}",
         f"- Command: `{meta['command']}`",
-        f"- Build: `cargo build --release -p culvert` at {meta['commit']}",
+        f"- Build: {meta.get('build', '`cargo build --release -p culvert`')} at {meta['commit']}",
         f"- Store: {bmeta.get('store', backend)}; {meta['tunnels']:,} tunnels seeded"
         + (f" in {bmeta['seed_seconds']} s" if bmeta.get("seed_seconds") else ""),
         f"- Load: `wrk -t{meta['threads']} -c{meta['connections']} -d{meta['duration']} --latency` per route, "
@@ -121,9 +125,9 @@ def backend_subsection(backend: str, meta: dict, results: dict[str, dict]) -> st
         verdict = ""
         if backend == "sqlite":
             verdict = f" (target ≥ {TARGET_RATIO:.0%}: {'met' if ratio >= TARGET_RATIO else 'NOT met'})"
-        lines.append(f"Ratio GET by id / static: **{ratio:.0%}**{verdict}.")
+        lines.append(f"Ratio GET by id / static: **{fmt_ratio(ratio)}**{verdict}.")
         if "list" in results:
-            lines.append(f"Ratio list page of 100 / static: {results['list']['rps'] / results['status']['rps']:.0%}.")
+            lines.append(f"Ratio list page of 100 / static: {fmt_ratio(results['list']['rps'] / results['status']['rps'])}.")
         lines.append("")
     return "\n".join(lines)
 

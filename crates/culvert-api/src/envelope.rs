@@ -102,6 +102,7 @@ pub mod code {
     pub const JSON_PARSE: u32 = 1030;
     pub const BAD_CONFIGURATION: u32 = 1056;
     pub const NO_ROUTE: u32 = 7000;
+    pub const RECORD_EXISTS: u32 = 81053;
     pub const COULD_NOT_ROUTE: u32 = 7003;
     pub const METHOD_NOT_ALLOWED: u32 = 10405;
     pub const INTERNAL: u32 = 10001;
@@ -200,6 +201,11 @@ impl From<culvert_store::StoreError> for ApiError {
                 "You already have a tunnel with this name. Delete the existing tunnel, or choose a different name for your new tunnel",
             ),
             E::TunnelNotFound(_) => ApiError::tunnel_not_found(),
+            E::RouteConflict { hostname } => ApiError::new(
+                StatusCode::CONFLICT,
+                code::RECORD_EXISTS,
+                format!("An A, AAAA, or CNAME record with that host already exists: {hostname} routes to another tunnel (use overwrite)"),
+            ),
             E::HasActiveConnections(_) => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 code::ACTIVE_CONNECTIONS,

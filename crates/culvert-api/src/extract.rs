@@ -17,6 +17,7 @@ pub struct Ids {
     pub tunnel_id: Option<Uuid>,
     pub connector_id: Option<Uuid>,
     pub resource: Option<String>,
+    pub zone_id: Option<String>,
 }
 
 impl Ids {
@@ -48,6 +49,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ids {
             tunnel_id: None,
             connector_id: None,
             resource: None,
+            zone_id: None,
         };
         for (key, value) in params.iter() {
             match key {
@@ -66,6 +68,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Ids {
                     }
                 }
                 "resource" => ids.resource = Some(value.to_string()),
+                "zone_id" => {
+                    if !is_account_id(value) {
+                        return Err(ApiError::could_not_route(&path));
+                    }
+                    ids.zone_id = Some(value.to_ascii_lowercase());
+                }
                 _ => {}
             }
         }

@@ -409,3 +409,76 @@ pub async fn account_token_verify(State(st): State<ApiState>, headers: HeaderMap
         .ok_or_else(invalid_api_token)?;
     Ok(ok(&verify_view(&t)))
 }
+
+// ---- zone-level routes -----------------------------------------------------
+
+/// cloudflared's hostname check (`tunnel route dns`).
+fn valid_hostname(h: &str) -> bool {
+    let mut chars = h.chars();
+    h.len() <= 253
+        && chars
+            .next()
+            .is_some_and(|c| c == '*' || c == '_' || c.is_ascii_alphanumeric())
+        && chars.all(|c| c == '-' || c == '_' || c == '.' || c.is_ascii_alphanumeric())
+}
+
+fn in_zone(host: &str, zone: &str) -> bool {
+    host == zone || host.strip_suffix(zone).is_some_and(|rest| rest.ends_with('.'))
+}
+
+pub async fn zone_route(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonBody<RouteBody>) -> ApiResult {
+    if b.kind != "dns" {
+        return Err(ApiError::bad_request(format!(
+            "Unsupported route type {:?}: only \"dns\" routes are supported",
+            b.kind
+        )));
+    }
+    let zone_id = ids.zone_id.clone().unwrap_or_default();
+    let zone = st
+        .store()
+        .get_zone(&zone_id)
+        .await?
+        .ok_or_else(|| ApiError::could_not_route(&format!("/zones/{zone_id}")))?;
+    let host = culvert_store::normalize_hostname(&b.user_hostname);
+    if !valid_hostname(&host) {
+        return Err(ApiError::bad_request(format!("{:?} is not a valid hostname", b.user_hostname)));
+    }
+    // A bare label is qualified with the zone, as Cloudflare does; a full name
+    // must fall inside one of the account's zones (the most specific wins).
+    let (zone, host) = if in_zone(&host, &zone.name) {
+        (zone, host)
+    } else if !host.contains('.') {
+        let qualified = format!("{host}.{}", zone.name);
+        (zone, qualified)
+    } else {
+        let best = st
+            .store()
+            .list_zones(Some(&zone.account_id))
+            .await?
+            .into_iter()
+            .filter(|z| in_zone(&host, &z.name))
+            .max_by_key(|z| z.name.len())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{host} is not in zone {} nor in any other zone of the account",
+                    zone.name
+                ))
+            })?;
+        (best, host)
+    };
+    let tunnel = st
+        .store()
+        .get_tunnel(&zone.account_id, Some(TunType::CfdTunnel), ids.tunnel())
+        .await?
+        .filter(|t| t.deleted_at.is_none())
+        .ok_or_else(ApiError::tunnel_not_found)?;
+    let change = st
+        .store()
+        .upsert_route(&zone, &host, tunnel.id, b.overwrite_existing)
+        .await?;
+    let cname = match change {
+        culvert_store::RouteChange::New => "new",
+        culvert_store::RouteChange::Unchanged => "unchanged",
+    };
+    Ok(ok(&RouteResultView { cname, name: host }))
+}

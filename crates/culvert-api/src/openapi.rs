@@ -26,6 +26,7 @@ fn body_schema(g: &mut SchemaGenerator, b: Body) -> Value {
         Body::PatchTunnel => schema::<PatchTunnelBody>(g),
         Body::PutConfig => schema::<PutConfigBody>(g),
         Body::Management => schema::<ManagementBody>(g),
+        Body::Route => schema::<RouteBody>(g),
     }
 }
 
@@ -41,6 +42,7 @@ fn result_schema(g: &mut SchemaGenerator, r: ResultKind) -> Value {
         ResultKind::TokenVerify => schema::<TokenVerifyView>(g),
         ResultKind::Status => json!({"type": "object", "properties": {"status": {"type": "string"}}}),
         ResultKind::OpenApi => json!({"type": "object"}),
+        ResultKind::RouteResult => schema::<RouteResultView>(g),
     }
 }
 
@@ -61,7 +63,7 @@ fn path_params(path: &str) -> Vec<Value> {
         .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
         .map(|name| {
             let schema = match name {
-                "account_id" => json!({"type": "string", "maxLength": 32, "pattern": "^[0-9a-fA-F]{32}$"}),
+                "account_id" | "zone_id" => json!({"type": "string", "maxLength": 32, "pattern": "^[0-9a-fA-F]{32}$"}),
                 "tunnel_id" | "connector_id" => json!({"type": "string", "format": "uuid", "maxLength": 36}),
                 _ => json!({"type": "string"}),
             };

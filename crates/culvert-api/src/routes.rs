@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{RawPathParams, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
@@ -30,6 +30,7 @@ pub enum Body {
     PatchTunnel,
     PutConfig,
     Management,
+    Route,
 }
 
 /// What `result` holds on success.
@@ -45,6 +46,7 @@ pub enum ResultKind {
     TokenVerify,
     Status,
     OpenApi,
+    RouteResult,
 }
 
 /// One operation: method, path (relative to [`BASE`]), access and docs.
@@ -128,6 +130,7 @@ pub fn operations() -> Vec<(Operation, MethodRouter<ApiState>)> {
         (op(get(), "/accounts/{account_id}/cfd_tunnel/{tunnel_id}/token", "cloudflare-tunnel-get-a-cloudflare-tunnel-token", "Get the tunnel token", Groups(TW), NO_PARAMS, None, R::Text), axum::routing::get(h::cfd_token)),
         (op(Method::POST, "/accounts/{account_id}/cfd_tunnel/{tunnel_id}/management", "cloudflare-tunnel-get-a-cloudflare-tunnel-management-token", "Issue a management token", Groups(TW), NO_PARAMS, Some(Body::Management), R::Text), axum::routing::post(h::cfd_management)),
         (op(Method::POST, "/accounts/{account_id}/cfd_tunnel/{tunnel_id}/management/{resource}", "cloudflare-tunnel-get-a-cloudflare-tunnel-management-token-for-resource", "Issue a management token for one resource (logs, admin, host_details)", Groups(TW), NO_PARAMS, None, R::Text), axum::routing::post(h::cfd_management_resource)),
+        (op(Method::PUT, "/zones/{zone_id}/tunnels/{tunnel_id}/routes", "cloudflare-tunnel-route-hostname", "Route a public hostname of the zone to a tunnel (cloudflared tunnel route dns)", Groups(TW), NO_PARAMS, Some(Body::Route), R::RouteResult), axum::routing::put(h::zone_route)),
         (op(get(), WARP, "cloudflare-tunnel-list-warp-connector-tunnels", "List WARP Connector tunnels", Groups(WR), LIST_PARAMS, None, R::TunnelPage), axum::routing::get(h::warp_list)),
         (op(Method::POST, WARP, "cloudflare-tunnel-create-a-warp-connector-tunnel", "Create a WARP Connector tunnel", Groups(WW), NO_PARAMS, Some(Body::CreateTunnel), R::Tunnel), axum::routing::post(h::warp_create)),
         (op(get(), WARP_ONE, "cloudflare-tunnel-get-a-warp-connector-tunnel", "Get a WARP Connector tunnel", Groups(WR), NO_PARAMS, None, R::Tunnel), axum::routing::get(h::warp_get)),
@@ -166,15 +169,25 @@ async fn authorize(
         let presented = auth::presented(&parts.headers)?;
         let principal = auth::authenticate(st.store(), &presented).await?;
         let path = parts.uri.path().to_string();
-        let account = params
-            .ok()
-            .and_then(|p| {
+        let param = |name: &str| {
+            params.as_ref().ok().and_then(|p| {
                 p.iter()
-                    .find(|(k, _)| *k == "account_id")
+                    .find(|(k, _)| *k == name)
                     .map(|(_, v)| v.to_ascii_lowercase())
             })
-            .filter(|a| is_account_id(a))
-            .ok_or_else(|| ApiError::could_not_route(&path))?;
+        };
+        // Account-level paths name the account; zone-level ones name a zone
+        // that belongs to one.
+        let account = match (param("account_id"), param("zone_id")) {
+            (Some(a), _) if is_account_id(&a) => a,
+            (None, Some(z)) if is_account_id(&z) => st
+                .store()
+                .get_zone(&z)
+                .await?
+                .map(|zone| zone.account_id)
+                .ok_or_else(|| ApiError::could_not_route(&path))?,
+            _ => return Err(ApiError::could_not_route(&path)),
+        };
         if principal.token.account_id != account {
             // Unknown accounts look like unknown routes; another account's
             // paths are refused outright.
@@ -203,11 +216,25 @@ async fn authorize(
 }
 
 /// One log line per request: method, path, status, duration.
+///
+/// Also: an error answered before the request body was read (bad
+/// credentials, unknown route, …) would make hyper drop the keep-alive
+/// connection without notice, and clients reusing it would fail; such
+/// answers say `Connection: close` instead.
 async fn log_request(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = next.run(req).await;
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     tracing::info!(
         target: "culvert::api",
         %method,

@@ -237,3 +237,24 @@ pub struct ManagementBody {
     /// `logs` (also `admin`, `host_details`).
     pub resources: Vec<String>,
 }
+
+/// `PUT /zones/{zone_id}/tunnels/{tunnel_id}/routes` (what `cloudflared tunnel
+/// route dns` sends).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RouteBody {
+    /// `dns` (load-balancer routes are not supported).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A hostname in the zone, or a bare label that the zone qualifies.
+    pub user_hostname: String,
+    #[serde(default)]
+    pub overwrite_existing: bool,
+}
+
+/// The answer cloudflared prints ("Added CNAME … which will route to this tunnel").
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RouteResultView {
+    /// `new` or `unchanged`.
+    pub cname: &'static str,
+    pub name: String,
+}

@@ -56,7 +56,11 @@ async fn main() -> anyhow::Result<()> {
                     let mut i = w * 97;
                     while Instant::now() < deadline {
                         if token {
-                            store.find_api_token_by_hash(&[3; 32]).await.unwrap().unwrap();
+                            store
+                                .find_api_token_by_hash(&[3; 32])
+                                .await
+                                .unwrap()
+                                .unwrap();
                         } else {
                             let id = ids[i % ids.len()];
                             store.get_tunnel(&account, None, id).await.unwrap().unwrap();
@@ -70,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
         for t in tasks {
             t.await?;
         }
-        println!("{label}: {:.0}/s", done.load(Ordering::Relaxed) as f64 / 5.0);
+        println!(
+            "{label}: {:.0}/s",
+            done.load(Ordering::Relaxed) as f64 / 5.0
+        );
     }
     store.close().await;
     Ok(())

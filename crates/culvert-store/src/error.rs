@@ -21,6 +21,12 @@ pub enum StoreError {
     /// The tunnel still has live connections and cascade was not asked for.
     #[error("tunnel {0} has active connections")]
     HasActiveConnections(Uuid),
+    /// Another account already has a zone of this name.
+    #[error("a zone named {0:?} already exists")]
+    ZoneConflict(String),
+    /// The hostname already routes to another tunnel (and overwrite was not asked for).
+    #[error("{hostname} already routes to another tunnel")]
+    RouteConflict { hostname: String },
     /// A database URL the store cannot use.
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),

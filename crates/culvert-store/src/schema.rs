@@ -22,16 +22,17 @@ const PG_MIGRATION_LOCK: i64 = 0x0c17_e27d_b5a9;
 
 /// Ordered migrations: (version, statements). Never edit a released step;
 /// append a new one.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE accounts (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE accounts (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE INDEX accounts_created ON accounts (created_at, id)",
-        "CREATE TABLE api_tokens (
+            "CREATE INDEX accounts_created ON accounts (created_at, id)",
+            "CREATE TABLE api_tokens (
             id TEXT PRIMARY KEY,
             account_id TEXT NOT NULL REFERENCES accounts (id),
             name TEXT NOT NULL,
@@ -44,17 +45,17 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             not_before BIGINT,
             revoked_at BIGINT
         )",
-        // Bearer look-ups go by hash alone; two tokens can never share one.
-        "CREATE UNIQUE INDEX api_tokens_secret_hash ON api_tokens (secret_hash)
+            // Bearer look-ups go by hash alone; two tokens can never share one.
+            "CREATE UNIQUE INDEX api_tokens_secret_hash ON api_tokens (secret_hash)
             WHERE kind = 'api_token'",
-        "CREATE INDEX api_tokens_global_email ON api_tokens (email)
+            "CREATE INDEX api_tokens_global_email ON api_tokens (email)
             WHERE kind = 'global_key'",
-        "CREATE INDEX api_tokens_created ON api_tokens (created_at, id)",
-        "CREATE TABLE settings (
+            "CREATE INDEX api_tokens_created ON api_tokens (created_at, id)",
+            "CREATE TABLE settings (
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL
         )",
-        "CREATE TABLE tunnels (
+            "CREATE TABLE tunnels (
             id TEXT PRIMARY KEY,
             account_id TEXT NOT NULL REFERENCES accounts (id),
             name TEXT NOT NULL,
@@ -69,13 +70,13 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             status TEXT NOT NULL,
             ha BIGINT NOT NULL
         )",
-        // Names are unique among live tunnels of one account and type only:
-        // a deleted tunnel's name is free again.
-        "CREATE UNIQUE INDEX tunnels_live_name ON tunnels (account_id, tun_type, name)
+            // Names are unique among live tunnels of one account and type only:
+            // a deleted tunnel's name is free again.
+            "CREATE UNIQUE INDEX tunnels_live_name ON tunnels (account_id, tun_type, name)
             WHERE deleted_at IS NULL",
-        "CREATE INDEX tunnels_account_created ON tunnels (account_id, created_at, id)",
-        "CREATE INDEX tunnels_account_name ON tunnels (account_id, name)",
-        "CREATE TABLE tunnel_configs (
+            "CREATE INDEX tunnels_account_created ON tunnels (account_id, created_at, id)",
+            "CREATE INDEX tunnels_account_name ON tunnels (account_id, name)",
+            "CREATE TABLE tunnel_configs (
             tunnel_id TEXT PRIMARY KEY REFERENCES tunnels (id),
             account_id TEXT NOT NULL,
             version BIGINT NOT NULL,
@@ -83,7 +84,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             source TEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE TABLE connectors (
+            "CREATE TABLE connectors (
             tunnel_id TEXT NOT NULL REFERENCES tunnels (id),
             connector_id TEXT NOT NULL,
             arch TEXT NOT NULL,
@@ -93,7 +94,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             config_version BIGINT NOT NULL DEFAULT 0,
             PRIMARY KEY (tunnel_id, connector_id)
         )",
-        "CREATE TABLE connections (
+            "CREATE TABLE connections (
             id TEXT PRIMARY KEY,
             tunnel_id TEXT NOT NULL REFERENCES tunnels (id),
             connector_id TEXT NOT NULL,
@@ -104,9 +105,11 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             edge_node TEXT NOT NULL,
             UNIQUE (tunnel_id, connector_id, conn_index)
         )",
-        "CREATE INDEX connections_edge_node ON connections (edge_node)",
-    ],
-)];
+            "CREATE INDEX connections_edge_node ON connections (edge_node)",
+        ],
+    ),
+    (2, crate::routes::MIGRATION),
+];
 
 impl Store {
     /// Applies every migration the database lacks, each in its own

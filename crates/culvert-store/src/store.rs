@@ -631,7 +631,8 @@ impl Store {
     }
 
     /// Replaces the configuration; the version is the previous one + 1 (the
-    /// first is 1) and is never reused.
+    /// first is 1) and is never reused. A `Cloudflare`-sourced configuration
+    /// also marks the tunnel remotely managed (`config_src = cloudflare`).
     pub async fn put_config(
         &self,
         account_id: &str,
@@ -674,6 +675,14 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let version: i64 = get(&row, 0, "tunnel_configs", "version")?;
+        if source == ConfigSource::Cloudflare {
+            // A remote configuration makes the tunnel remotely managed (the
+            // dashboard's local-to-remote migration does the same).
+            sqlx::query("UPDATE tunnels SET config_src = 'cloudflare' WHERE id = $1")
+                .bind(id_text.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(TunnelConfig {
             tunnel_id,

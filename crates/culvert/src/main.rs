@@ -89,6 +89,26 @@ enum AdminCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// DNS zones: public hostnames routed to tunnels must fall inside one.
+    Zone {
+        #[command(subcommand)]
+        command: ZoneCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ZoneCommand {
+    /// Create a zone (a domain such as example.com) for an account; prints its id.
+    Create {
+        domain: String,
+        #[arg(long)]
+        account: String,
+    },
+    /// List zones (of one account with --account).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,6 +231,18 @@ async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
                     t.name,
                     t.permissions.join(", ")
                 );
+            }
+        }
+        AdminCommand::Zone { command: ZoneCommand::Create { domain, account } } => {
+            if store.get_account(&account).await?.is_none() {
+                bail!("no account {account}");
+            }
+            let z = store.create_zone(&account, &domain).await?;
+            println!("{}", serde_json::json!({"id": z.id, "name": z.name, "account_id": z.account_id}));
+        }
+        AdminCommand::Zone { command: ZoneCommand::List { account } } => {
+            for z in store.list_zones(account.as_deref()).await? {
+                println!("{}\t{}\t{}", z.id, z.account_id, z.name);
             }
         }
         AdminCommand::Token { command: TokenCommand::Revoke { id } } => {

@@ -304,6 +304,11 @@ async fn configurations(s: &TestServer) {
     assert_eq!(r["tunnel_id"], t["id"]);
     assert_eq!(r["account_id"], s.account.as_str());
     assert!(is_rfc3339_micros(&r["created_at"]));
+    // The tunnel was local; a remote configuration makes it remotely managed.
+    assert_eq!(t["config_src"], "local");
+    let (_, got) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap())))).await;
+    assert_eq!(got["result"]["config_src"], "cloudflare");
+    assert_eq!(got["result"]["remote_config"], true);
     // Invalid configurations: 400 / 1056 with cloudflared's message; the version stays.
     let bad = json!({"config": {"ingress": [{"hostname": "a.example.com", "service": "http://localhost:1"}]}});
     let (status, body) = call(s.req(Method::PUT, &path).json(&bad)).await;
@@ -682,3 +687,59 @@ async fn restart_keeps_data_and_files_are_private() {
     assert_eq!(c["result"]["version"], 1);
     s.stop().await;
 }
+
+async fn zone_routes(s: &TestServer) {
+    let zone = s.store().create_zone(&s.account, "Example.COM.").await.unwrap();
+    assert_eq!(zone.name, "example.com");
+    let sub = s.store().create_zone(&s.account, "dev.example.org").await.unwrap();
+    let t = s.create_tunnel("routed").await;
+    let u = s.create_tunnel("other-routed").await;
+    let put = |zone_id: &str, tunnel: &Value, body: Value| {
+        s.req(Method::PUT, &format!("/zones/{zone_id}/tunnels/{}/routes", tunnel["id"].as_str().unwrap()))
+            .json(&body)
+    };
+    // What `cloudflared tunnel route dns` sends.
+    let (status, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": false}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], json!({"cname": "new", "name": "app.example.com"}));
+    let (_, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "APP.example.com."}))).await;
+    assert_eq!(body["result"]["cname"], "unchanged");
+    // A bare label is qualified with the zone.
+    let (_, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "www"}))).await;
+    assert_eq!(body["result"]["name"], "www.example.com");
+    // Another zone of the same account is found for a full name.
+    let (_, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "api.dev.example.org"}))).await;
+    assert_eq!(body["result"]["name"], "api.dev.example.org");
+    let _ = sub;
+    // Outside every zone of the account.
+    let (status, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "evil.example.net"}))).await;
+    assert_eq!((status, code(&body)), (400, 1001));
+    // Taken by another tunnel: refused unless overwrite_existing.
+    let (status, body) = call(put(&zone.id, &u, json!({"type": "dns", "user_hostname": "app.example.com"}))).await;
+    assert_eq!((status, code(&body)), (409, 81053));
+    let (status, body) = call(put(&zone.id, &u, json!({"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": true}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["cname"], "new");
+    let route = s.store().find_route("app.example.com").await.unwrap().unwrap();
+    assert_eq!(route.tunnel_id.to_string(), u["id"].as_str().unwrap());
+    // Load-balancer routes, bad hostnames, unknown zones and tunnels.
+    let (status, _) = call(put(&zone.id, &t, json!({"type": "lb", "lb_name": "x", "lb_pool": "y"}))).await;
+    assert_eq!(status, 400);
+    let (status, _) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "bad host"}))).await;
+    assert_eq!(status, 400);
+    let (status, body) = call(put("0123456789abcdef0123456789abcdef", &t, json!({"type": "dns", "user_hostname": "a"}))).await;
+    assert_eq!((status, code(&body)), (404, 7003));
+    let ghost = json!({"id": Uuid::new_v4().to_string()});
+    let (status, _) = call(put(&zone.id, &ghost, json!({"type": "dns", "user_hostname": "b"}))).await;
+    assert_eq!(status, 404);
+    // Another account's zone is not ours to route in.
+    let other = s.store().create_account("z").await.unwrap();
+    let theirs = s.store().create_zone(&other.id, "their.example").await.unwrap();
+    let (status, body) = call(put(&theirs.id, &t, json!({"type": "dns", "user_hostname": "x"}))).await;
+    assert_eq!((status, code(&body)), (403, 9109));
+    // A read-only token cannot route.
+    let read = s.token_with(&[TUNNEL_READ]).await;
+    let (status, _) = call(s.req_as(&read, Method::PUT, &format!("/zones/{}/tunnels/{}/routes", zone.id, t["id"].as_str().unwrap())).json(&json!({"type": "dns", "user_hostname": "r"}))).await;
+    assert_eq!(status, 403);
+}
+both_backends!(zone_routes);

@@ -262,9 +262,9 @@ def server(request) -> Iterator[CulvertServer]:
     if backend == "postgres" and not PG_URL:
         pytest.skip(f"{PG_ENV} not set")
     workdir = Path(tempfile.mkdtemp(prefix=f"culvert-sdk-{backend}-"))
-    db = FreshPostgresDatabase(PG_URL) if backend == "postgres" else None
-    srv = None
+    db = srv = None
     try:
+        db = FreshPostgresDatabase(PG_URL) if backend == "postgres" else None
         srv = start_server(backend, workdir, db.url if db else None)
         yield srv
     finally:

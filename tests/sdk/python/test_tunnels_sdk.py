@@ -17,7 +17,7 @@ import string
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import cloudflare
 import httpx
@@ -668,6 +668,13 @@ def test_bad_request_classes(cf, account_id, prefix):
     expect_api_error(cloudflare.BadRequestError, tunnels.list, account_id=account_id, per_page=1001)
 
 
+def test_base_url_trailing_slash(server, account_id, prefix):
+    """sdk-clients.md §1: a trailing `/` on base_url does no harm."""
+    client = cloudflare.Cloudflare(api_token=server.api_token, base_url=server.api_url + "/", max_retries=0)
+    t = client.zero_trust.tunnels.cloudflared.create(account_id=account_id, name=prefix + "slash")
+    assert client.zero_trust.tunnels.cloudflared.get(t.id, account_id=account_id).name == prefix + "slash"
+
+
 def test_unauthenticated_401(server, account_id):
     bogus = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
     client = server.client(api_token=bogus)
@@ -850,7 +857,7 @@ def test_keep_alive_after_early_auth_error(server, cf, account_id, prefix, read_
     t = cf.zero_trust.tunnels.cloudflared.create(account_id=account_id, name=prefix + "ka")
     body = json.dumps({"name": prefix + "nope"}).encode()
     cases = [
-        ("403 read-only token", read_only_token, "POST", f"cfd_tunnel"),
+        ("403 read-only token", read_only_token, "POST", "cfd_tunnel"),
         ("403 read-only token", read_only_token, "PATCH", f"cfd_tunnel/{t.id}"),
         ("401 unknown token", "x" * 40, "POST", "cfd_tunnel"),
     ]
