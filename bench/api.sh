@@ -70,6 +70,7 @@ die() {
 # ---- cleanup: runs on every exit, success or not ----------------------------
 
 SERVER_PID=""
+CHILD_PID=""
 PG_DB=""
 FAILED_ROUTES=0
 TMP_DIRS=()
@@ -104,8 +105,23 @@ drop_database() {
         log "warning: could not drop database $db"
 }
 
+# run_child CMD...: runs CMD in the background and waits for it, so that a
+# signal reaches our trap at once instead of after a 15 s wrk run.
+run_child() {
+    "$@" &
+    CHILD_PID=$!
+    local rc=0
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=""
+    return "$rc"
+}
+
 cleanup() {
     local rc=$?
+    if [[ -n "$CHILD_PID" ]]; then
+        kill -TERM "$CHILD_PID" 2>/dev/null || true
+        wait "$CHILD_PID" 2>/dev/null || true
+    fi
     stop_server
     drop_database
     local d
@@ -218,9 +234,9 @@ run_wrk() {
     local backend="$1" route="$2" token="$3" account="$4" ids="$5"
     local url="http://127.0.0.1:$PORT" raw="$RESULTS/$backend-$route.txt"
     local script_args=(-- "$route" "$token" "$account" "$ids" "$PAGES")
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$LIB/api.lua" "$url" "${script_args[@]}" \
+    run_child wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$LIB/api.lua" "$url" "${script_args[@]}" \
         >"$RESULTS/$backend-$route-warmup.txt" 2>&1 || die "wrk warm-up failed ($backend $route)"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$LIB/api.lua" "$url" "${script_args[@]}" \
+    run_child wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$LIB/api.lua" "$url" "${script_args[@]}" \
         >"$raw" 2>&1 || {
         cat "$raw" >&2
         die "wrk failed ($backend $route)"
@@ -261,7 +277,7 @@ run_backend() {
     local ids="$tmp/ids.txt" started seed_seconds
     log "seeding $TUNNELS tunnels"
     started=$(date +%s.%N)
-    python3 "$LIB/seed.py" --port "$PORT" --token "$token" --account "$account" \
+    run_child python3 "$LIB/seed.py" --port "$PORT" --token "$token" --account "$account" \
         --count "$TUNNELS" --out "$ids" >&2 || die "seeding failed"
     seed_seconds=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$started" "$(date +%s.%N)")
     cp "$ids" "$RESULTS/$backend-ids.txt"

@@ -65,14 +65,25 @@ fn metadata_object(v: Option<serde_json::Value>) -> Result<Option<serde_json::Va
     }
 }
 
-fn token_of(t: &Tunnel) -> String {
-    TunnelToken {
+/// The tunnel token: byte-exact `{"a","t","s"}` (spec §10.2), followed by the
+/// server's extra keys when it has any.
+fn token_of(st: &ApiState, t: &Tunnel) -> String {
+    let token = TunnelToken {
         account_tag: t.account_id.clone(),
         tunnel_id: t.id,
         secret: t.secret.clone(),
         endpoint: None,
+    };
+    let extras = st.token_extras();
+    if extras.is_empty() {
+        return token.encode();
     }
-    .encode()
+    let mut obj = serde_json::Map::new();
+    obj.insert("a".into(), json!(token.account_tag));
+    obj.insert("t".into(), json!(token.tunnel_id.to_string()));
+    obj.insert("s".into(), json!(STANDARD.encode(&token.secret)));
+    obj.extend(extras.iter().map(|(k, v)| (k.clone(), v.clone())));
+    STANDARD.encode(serde_json::Value::Object(obj).to_string())
 }
 
 /// The tunnel of the path, of the route's type; 404 when unknown.
@@ -149,7 +160,7 @@ async fn create(st: &ApiState, ids: &Ids, body: CreateTunnelBody, tun_type: TunT
             ha: tun_type == TunType::WarpConnector && body.ha.unwrap_or(false),
         })
         .await?;
-    let mut view = TunnelView::new(&tunnel).with_token(token_of(&tunnel));
+    let mut view = TunnelView::new(&tunnel).with_token(token_of(st, &tunnel));
     if tun_type == TunType::CfdTunnel {
         view = view.with_credentials(&tunnel);
     }
@@ -174,7 +185,7 @@ async fn edit(st: &ApiState, ids: &Ids, body: PatchTunnelBody, tun_type: TunType
         .await?;
     let mut view = TunnelView::new(&tunnel);
     if rotated {
-        view = view.with_token(token_of(&tunnel));
+        view = view.with_token(token_of(st, &tunnel));
     }
     Ok(ok(&view))
 }
@@ -194,7 +205,7 @@ async fn delete(st: &ApiState, ids: &Ids, raw: Option<&str>, tun_type: TunType) 
 
 async fn token(st: &ApiState, ids: &Ids, tun_type: TunType) -> ApiResult {
     let tunnel = load_live(st, ids, tun_type).await?;
-    Ok(ok(&token_of(&tunnel)))
+    Ok(ok(&token_of(st, &tunnel)))
 }
 
 async fn connections(st: &ApiState, ids: &Ids, tun_type: TunType) -> ApiResult {

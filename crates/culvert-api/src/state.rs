@@ -29,12 +29,17 @@ impl EdgeControl for NoEdge {
 pub struct ApiSettings {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Extra keys added to every tunnel token culvert mints (after `a`, `t`,
+    /// `s`), e.g. `culvert_edge` and `culvert_ca`, so that a connector started
+    /// with only `--token` finds the edge. cloudflared ignores unknown keys.
+    pub token_extras: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             max_body_bytes: 1024 * 1024,
+            token_extras: serde_json::Map::new(),
         }
     }
 }
@@ -79,5 +84,9 @@ impl ApiState {
 
     pub fn max_body_bytes(&self) -> usize {
         self.0.settings.max_body_bytes
+    }
+
+    pub fn token_extras(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.0.settings.token_extras
     }
 }

@@ -33,6 +33,8 @@ enum LogFormat {
 enum Command {
     /// Run the control plane (REST API) on the embedded store or PostgreSQL.
     Server(ServerArgs),
+    /// Run a connector (our cloudflared): `culvert tunnel [--edge A --cacert CA] run --token T`.
+    Tunnel(culvert_connector::cli::TunnelCommand),
     /// Administer accounts and API tokens in the server's store.
     Admin {
         #[command(flatten)]
@@ -75,6 +77,28 @@ struct ServerArgs {
     /// Largest accepted API request body, in bytes.
     #[arg(long, env = "CULVERT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// QUIC listener that connectors (culvert or cloudflared) dial.
+    #[arg(long, env = "CULVERT_EDGE_LISTEN", default_value = "0.0.0.0:7844")]
+    edge_listen: SocketAddr,
+    /// Public HTTP listener routing eyeball requests by Host.
+    #[arg(long, env = "CULVERT_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
+    /// Edge certificate chain (PEM) instead of the generated one; needs --edge-key.
+    #[arg(long, env = "CULVERT_EDGE_CERT", requires = "edge_key")]
+    edge_cert: Option<PathBuf>,
+    /// Private key (PEM) of --edge-cert.
+    #[arg(long, env = "CULVERT_EDGE_KEY", requires = "edge_cert")]
+    edge_key: Option<PathBuf>,
+    /// `<tunnel-id>.<tunnel-domain>` always reaches its tunnel.
+    #[arg(long, env = "CULVERT_TUNNEL_DOMAIN", default_value = culvert_edge::DEFAULT_TUNNEL_DOMAIN)]
+    tunnel_domain: String,
+    /// Location name reported to connectors and in /connections (colo_name).
+    #[arg(long, env = "CULVERT_LOCATION", default_value = culvert_edge::DEFAULT_LOCATION)]
+    location: String,
+    /// Edge address connectors should dial (HOST:PORT, repeatable); written with
+    /// the edge CA into minted tunnel tokens so `culvert tunnel run --token T` needs no flags.
+    #[arg(long, env = "CULVERT_PUBLIC_EDGE_ADDRESS", value_delimiter = ',')]
+    public_edge_address: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +195,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         api_listen: args.api_listen,
         database_url: args.store.database_url.clone(),
         max_body_bytes: args.max_body_bytes,
+        edge_listen: args.edge_listen,
+        http_listen: args.http_listen,
+        edge_cert: args.edge_cert,
+        edge_key: args.edge_key,
+        tunnel_domain: args.tunnel_domain,
+        location: args.location,
+        public_edge_address: args.public_edge_address,
     })
     .await?;
     if let Some(b) = &running.bootstrap {
@@ -181,6 +212,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         );
     }
     println!("culvert API listening on {}", running.api_url);
+    println!("culvert edge listening on {} (QUIC), public HTTP on {}", running.edge_addr, running.http_addr);
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await
@@ -261,5 +293,6 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Server(args) => run_server(args).await,
         Command::Admin { store, command } => run_admin(store, command).await,
+        Command::Tunnel(cmd) => culvert_connector::cli::run_tunnel_command(cmd).await,
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use culvert_api::auth::{PERMISSION_GROUPS, generate_token_secret, hash_secret};
-use culvert_api::{ApiSettings, ApiState, EdgeControl, ManagementKeys, NoEdge};
+use culvert_api::{ApiSettings, ApiState, EdgeControl, ManagementKeys};
+use culvert_edge::{EdgeConfig, RunningEdge};
 use culvert_store::{ApiToken, CredentialKind, Store, now_micros};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -24,6 +25,41 @@ pub struct ServerConfig {
     /// `None`: a SQLite file in the data dir.
     pub database_url: Option<String>,
     pub max_body_bytes: usize,
+    /// QUIC listener for connectors.
+    pub edge_listen: SocketAddr,
+    /// Public HTTP listener for eyeballs.
+    pub http_listen: SocketAddr,
+    /// Operator-supplied edge certificate chain and key (PEM); else a CA in
+    /// the data dir signs one.
+    pub edge_cert: Option<PathBuf>,
+    pub edge_key: Option<PathBuf>,
+    /// `<tunnel-id>.<tunnel_domain>` always reaches its tunnel.
+    pub tunnel_domain: String,
+    /// Location name reported to connectors (`colo_name`).
+    pub location: String,
+    /// Edge address(es) written into minted tokens (`culvert_edge`, with the
+    /// CA as `culvert_ca`), so `culvert tunnel run --token T` needs no flags.
+    pub public_edge_address: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Everything on 127.0.0.1 port 0 (tests).
+    pub fn loopback(data_dir: PathBuf, database_url: Option<String>) -> Self {
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServerConfig {
+            data_dir,
+            api_listen: any,
+            database_url,
+            max_body_bytes: 1024 * 1024,
+            edge_listen: any,
+            http_listen: any,
+            edge_cert: None,
+            edge_key: None,
+            tunnel_domain: culvert_edge::DEFAULT_TUNNEL_DOMAIN.to_string(),
+            location: culvert_edge::DEFAULT_LOCATION.to_string(),
+            public_edge_address: Vec::new(),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -140,32 +176,45 @@ fn url_host(addr: SocketAddr) -> String {
 /// A running server (tests start it in process on port 0).
 pub struct RunningServer {
     pub api_addr: SocketAddr,
+    /// QUIC edge address connectors dial.
+    pub edge_addr: SocketAddr,
+    /// Public HTTP listener.
+    pub http_addr: SocketAddr,
+    /// PEM of the CA connectors must trust (`--cacert`).
+    pub edge_ca_pem: String,
     pub api_url: String,
     /// Set on the very first start only.
     pub bootstrap: Option<Bootstrap>,
     pub store: Store,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
+    edge: Option<RunningEdge>,
 }
 
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, closes the store.
-    pub async fn shutdown(self) -> Result<()> {
+    pub async fn shutdown(mut self) -> Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await.context("server task panicked")??;
+        let api = self.task.await.context("server task panicked")?;
+        if let Some(edge) = self.edge.take() {
+            edge.shutdown().await;
+        }
         self.store.close().await;
-        Ok(())
+        api
     }
+}
 
-    /// Waits until the server stops on its own (or by signal).
-    pub async fn wait(self) -> Result<()> {
-        let r = self.task.await.context("server task panicked")?;
-        self.store.close().await;
-        r
-    }
-
-    pub fn trigger_shutdown(&self) {
-        let _ = self.shutdown.send(true);
+/// This node's id in the shared registry, kept in the data dir so a restart
+/// can clear the connections it held before.
+fn node_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            write_private_file(&path, id.as_bytes())?;
+            Ok(id)
+        }
     }
 }
 
@@ -189,13 +238,34 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         write_private_file(&path, &serde_json::to_vec_pretty(b)?)?;
     }
 
-    let edge: Arc<dyn EdgeControl> = Arc::new(NoEdge);
+    let edge = culvert_edge::start(
+        EdgeConfig {
+            edge_listen: config.edge_listen,
+            http_listen: config.http_listen,
+            data_dir: config.data_dir.clone(),
+            edge_cert: config.edge_cert.clone(),
+            edge_key: config.edge_key.clone(),
+            tunnel_domain: config.tunnel_domain.clone(),
+            location: config.location.clone(),
+            node_id: node_id(&config.data_dir)?,
+        },
+        store.clone(),
+    )
+    .await
+    .context("starting the edge")?;
+    let control: Arc<dyn EdgeControl> = edge.control();
+    let mut token_extras = serde_json::Map::new();
+    if !config.public_edge_address.is_empty() {
+        token_extras.insert("culvert_edge".into(), serde_json::json!(config.public_edge_address));
+        token_extras.insert("culvert_ca".into(), serde_json::json!(edge.ca_pem()));
+    }
     let state = ApiState::new(
         store.clone(),
         keys,
-        edge,
+        control,
         ApiSettings {
             max_body_bytes: config.max_body_bytes,
+            token_extras,
         },
     );
     let app = culvert_api::router(state);
@@ -208,14 +278,24 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             .await
             .context("API server failed")
     });
-    tracing::info!(api = %api_addr, database = %redact(&url), "culvert server started");
+    tracing::info!(
+        api = %api_addr,
+        edge = %edge.quic_addr(),
+        http = %edge.http_addr(),
+        database = %redact(&url),
+        "culvert server started"
+    );
     Ok(RunningServer {
         api_addr,
+        edge_addr: edge.quic_addr(),
+        http_addr: edge.http_addr(),
+        edge_ca_pem: edge.ca_pem().to_string(),
         api_url,
         bootstrap,
         store,
         shutdown: tx,
         task,
+        edge: Some(edge),
     })
 }
 

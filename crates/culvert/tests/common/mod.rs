@@ -146,12 +146,9 @@ impl TestServer {
 }
 
 pub fn config(dir: &TempDir, database_url: Option<String>) -> ServerConfig {
-    ServerConfig {
-        data_dir: dir.path().join("data"),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        database_url,
-        max_body_bytes: 64 * 1024,
-    }
+    let mut c = ServerConfig::loopback(dir.path().join("data"), database_url);
+    c.max_body_bytes = 64 * 1024;
+    c
 }
 
 /// Sends a request; returns the status and the JSON body, after checking the

@@ -1,0 +1,49 @@
+//! culvert's connector — our own cloudflared (`culvert tunnel run`).
+//!
+//! It dials the edge over QUIC (SNI `quic.cftunnel.com`, ALPN `argotunnel`,
+//! rustls with ring), keeps `--ha-connections` registered connections that
+//! share one connector ID, serves the data streams the edge opens by routing
+//! each request through the ingress rules to a real origin, applies
+//! configuration pushes, and on shutdown unregisters and drains. It speaks
+//! exactly what cloudflared 2023.7.3 speaks (`shared/spec/edge-protocol.md`,
+//! `shared/testdata/cloudflared-2023.7.3`), so it works with any compatible
+//! edge, and culvert's edge works with the stock cloudflared.
+//!
+//! Boundaries: wire formats come from `culvert-proto` (never re-implemented
+//! here) and rule parsing/matching from `culvert-ingress`; this crate owns
+//! the I/O — QUIC, capnp-rpc sessions, HTTP proxying, backoff, signals,
+//! metrics. The HTTP/2 transport, websocket/TCP/UDP flows and most
+//! `originRequest` options are later work. The `culvert` binary mounts
+//! [`cli::TunnelCommand`] as its `tunnel` subcommand and calls
+//! [`cli::run_tunnel_command`]; everything below that layer returns
+//! [`ConnectorError`].
+//!
+//! Modules:
+//! - [`cli`] — clap flags (cloudflared's names and environment variables)
+//!   and the command entry.
+//! - [`connector`] — supervisor: HA connections, reconnects, shutdown.
+//! - [`rpc`] — control-stream registration and edge-opened RPC streams.
+//! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
+//! - [`orchestrator`] — the live configuration and versioned pushes.
+//! - [`identity`] — token extras, client info and registration params.
+//! - [`backoff`], [`tls`], [`metrics`], [`error`].
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod cli;
+pub mod connector;
+pub mod error;
+pub mod identity;
+pub mod metrics;
+pub mod orchestrator;
+pub mod origin;
+pub mod proxy;
+pub mod rpc;
+pub mod tls;
+
+pub use backoff::BackoffPolicy;
+pub use cli::{TunnelCommand, run_tunnel_command};
+pub use connector::{Connector, ConnectorConfig, ConnectorState};
+pub use error::ConnectorError;
+pub use identity::TokenExtras;
+pub use orchestrator::Orchestrator;

@@ -1,0 +1,198 @@
+//! The live ingress configuration, shared by all connections of the
+//! process (cloudflared's "orchestrator").
+//!
+//! Requests take an `Arc` snapshot when they start and keep it to the end,
+//! so a configuration push swaps the pointer without disturbing in-flight
+//! requests. Versions follow cloudflared (`orchestration.UpdateConfig`):
+//! start at -1, apply a push only when its version is newer, otherwise
+//! answer with the current version; a push that fails to parse or validate
+//! keeps the old configuration and returns the error text.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use culvert_ingress::{Ingress, Rule};
+use culvert_proto::registration::UpdateConfigurationResponse;
+
+use crate::error::ConnectorError;
+use crate::origin::{Origin, prepare_origins};
+
+/// The version before any push.
+pub const INITIAL_VERSION: i32 = -1;
+
+/// One applied configuration.
+#[derive(Debug)]
+pub struct ConfigSnapshot {
+    /// Pushed version, [`INITIAL_VERSION`] for the local configuration.
+    pub version: i32,
+    pub ingress: Ingress,
+    /// `origins[i]` serves `ingress.rules[i]`.
+    origins: Arc<[Origin]>,
+}
+
+impl ConfigSnapshot {
+    pub fn new(version: i32, ingress: Ingress) -> Result<ConfigSnapshot, ConnectorError> {
+        let origins = prepare_origins(&ingress)?;
+        Ok(ConfigSnapshot {
+            version,
+            ingress,
+            origins,
+        })
+    }
+
+    /// The rule for `host` (port ignored) and `path`, and its origin.
+    pub fn route(&self, host: &str, path: &str) -> (usize, &Rule, Origin) {
+        let (idx, rule) = self.ingress.find_match(host, path);
+        let origin = self
+            .origins
+            .get(idx)
+            .cloned()
+            .unwrap_or(Origin::Status(503));
+        (idx, rule, origin)
+    }
+}
+
+/// Whether a push of `pushed` should replace `current` (strictly newer).
+pub fn should_apply(current: i32, pushed: i32) -> bool {
+    pushed > current
+}
+
+/// The shared configuration holder.
+#[derive(Debug)]
+pub struct Orchestrator {
+    current: ArcSwap<ConfigSnapshot>,
+    /// Serialises pushes (they arrive on any connection); readers never lock.
+    update: Mutex<()>,
+}
+
+impl Orchestrator {
+    /// Starts with the local configuration at version -1.
+    pub fn new(initial: Ingress) -> Result<Orchestrator, ConnectorError> {
+        Ok(Orchestrator {
+            current: ArcSwap::from_pointee(ConfigSnapshot::new(INITIAL_VERSION, initial)?),
+            update: Mutex::new(()),
+        })
+    }
+
+    /// The configuration new requests use.
+    pub fn snapshot(&self) -> Arc<ConfigSnapshot> {
+        self.current.load_full()
+    }
+
+    pub fn version(&self) -> i32 {
+        self.current.load().version
+    }
+
+    /// `ConfigurationManager.updateConfiguration(version, config)`.
+    pub fn update_configuration(&self, version: i32, config: &[u8]) -> UpdateConfigurationResponse {
+        let _guard = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.version();
+        if !should_apply(current, version) {
+            tracing::debug!(
+                current,
+                pushed = version,
+                "ignoring configuration that is not newer"
+            );
+            return UpdateConfigurationResponse {
+                latest_applied_version: current,
+                err: String::new(),
+            };
+        }
+        let refuse = |err: String| {
+            tracing::error!(version, error = %err, "refusing remote configuration");
+            UpdateConfigurationResponse {
+                latest_applied_version: current,
+                err,
+            }
+        };
+        let json: serde_json::Value = match serde_json::from_slice(config) {
+            Ok(v) => v,
+            Err(e) => return refuse(format!("failed to unmarshal remote configuration: {e}")),
+        };
+        let ingress = match culvert_ingress::parse_remote_config(&json) {
+            Ok(i) => i,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let snapshot = match ConfigSnapshot::new(version, ingress) {
+            Ok(s) => s,
+            Err(e) => return refuse(e.to_string()),
+        };
+        tracing::info!(
+            version,
+            config = %String::from_utf8_lossy(config),
+            "Updated to new configuration"
+        );
+        self.current.store(Arc::new(snapshot));
+        UpdateConfigurationResponse {
+            latest_applied_version: version,
+            err: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"{"ingress":[{"hostname":"app.test","service":"http://127.0.0.1:18080"},{"service":"http_status:404"}]}"#;
+
+    #[test]
+    fn versions_apply_like_cloudflared() {
+        assert!(should_apply(-1, 0));
+        assert!(!should_apply(3, 3));
+        assert!(!should_apply(3, 2));
+
+        let o = Orchestrator::new(Ingress::default_no_rules()).unwrap();
+        assert_eq!(o.version(), -1);
+        let before = o.snapshot();
+        assert!(matches!(
+            before.route("app.test", "/").2,
+            Origin::Status(503)
+        ));
+
+        let r = o.update_configuration(1, CFG.as_bytes());
+        assert_eq!((r.latest_applied_version, r.err.as_str()), (1, ""));
+        assert!(matches!(
+            o.snapshot().route("app.test", "/").2,
+            Origin::Http(_)
+        ));
+        assert!(matches!(
+            o.snapshot().route("x.test", "/").2,
+            Origin::Status(404)
+        ));
+        // An in-flight request keeps its snapshot.
+        assert!(matches!(
+            before.route("app.test", "/").2,
+            Origin::Status(503)
+        ));
+
+        // Stale and equal versions are ignored.
+        let stale = br#"{"ingress":[{"service":"http_status:500"}]}"#;
+        let r = o.update_configuration(1, stale);
+        assert_eq!((r.latest_applied_version, r.err.as_str()), (1, ""));
+        let r = o.update_configuration(0, stale);
+        assert_eq!(r.latest_applied_version, 1);
+        assert!(matches!(
+            o.snapshot().route("x.test", "/").2,
+            Origin::Status(404)
+        ));
+    }
+
+    #[test]
+    fn invalid_pushes_keep_the_old_config() {
+        let o = Orchestrator::new(Ingress::default_no_rules()).unwrap();
+        let r = o.update_configuration(
+            2,
+            br#"{"ingress":[{"hostname":"a.test","service":"http://x"}]}"#,
+        );
+        assert_eq!(r.latest_applied_version, -1);
+        assert_eq!(
+            r.err,
+            "The last ingress rule must match all URLs (i.e. it should not have a hostname or path filter)"
+        );
+        let r = o.update_configuration(2, b"{not json");
+        assert_eq!(r.latest_applied_version, -1);
+        assert!(r.err.contains("unmarshal"), "{}", r.err);
+        assert_eq!(o.version(), -1);
+    }
+}

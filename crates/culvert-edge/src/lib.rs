@@ -1,0 +1,299 @@
+//! The culvert edge: what unmodified cloudflared (2023.7+) and culvert's own
+//! connector dial into, and the public HTTP listener whose requests it routes
+//! through their tunnels.
+//!
+//! It owns the QUIC listener (TLS identity, ALPN `argotunnel`), the
+//! Cap'n Proto registration session on each connection's control stream, the
+//! live connection registry, remote-configuration pushes, and the public
+//! listener (Host → tunnel → connection → QUIC data stream). It does not own
+//! durable state (the [`culvert_store::Store`] does: tunnels, secrets,
+//! configurations, routes, the registry's durable side), wire formats
+//! ([`culvert_proto`]) or the REST API (`culvert-api`, which reaches the edge
+//! only through the [`culvert_api::EdgeControl`] hooks). The HTTP/2
+//! transport, WebSocket/TCP flows, UDP and the management relay are not here
+//! yet.
+//!
+//! Layout: [`tls`] (certificates), `quic` (listener and per-connection
+//! actor, registration RPC), `push` (config push), `proxy` (public
+//! listener), and the pure parts with unit tests: [`hosts`] (host → tunnel),
+//! [`registry`] (connection selection), [`request`] (ConnectRequest building)
+//! and [`pages`] (error pages).
+//!
+//! Cap'n Proto RPC objects are `!Send`; every RPC session runs on a small
+//! pool of pinned single-thread runtimes and talks to the rest of the edge
+//! (store, registry) only through `Send` tasks on the main runtime.
+
+#![forbid(unsafe_code)]
+
+mod control;
+mod error;
+pub mod hosts;
+pub mod pages;
+mod proxy;
+mod push;
+mod quic;
+pub mod registry;
+pub mod request;
+mod routes;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use culvert_store::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::LocalPoolHandle;
+
+pub use error::{EdgeError, ProxyError};
+
+use crate::hosts::HostIndex;
+use crate::registry::Registry;
+use crate::routes::Routes;
+
+/// Where the edge listens and how it names itself.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// QUIC listener for connectors (`--edge-listen`, default `0.0.0.0:7844`).
+    pub edge_listen: SocketAddr,
+    /// Public HTTP listener (`--http-listen`, default `0.0.0.0:8080`).
+    pub http_listen: SocketAddr,
+    /// Where the edge CA and certificate live when none is supplied.
+    pub data_dir: PathBuf,
+    /// Operator-supplied certificate chain (PEM); with `edge_key`.
+    pub edge_cert: Option<PathBuf>,
+    /// Operator-supplied private key (PEM); with `edge_cert`.
+    pub edge_key: Option<PathBuf>,
+    /// `<tunnel-uuid>.<tunnel_domain>` reaches a tunnel directly
+    /// (default `cfargotunnel.localhost`).
+    pub tunnel_domain: String,
+    /// Location name reported to connectors and in ray ids (default `LOCAL`).
+    pub location: String,
+    /// This edge node's id in the store's registry.
+    pub node_id: String,
+}
+
+/// Default `tunnel_domain`.
+pub const DEFAULT_TUNNEL_DOMAIN: &str = "cfargotunnel.localhost";
+/// Default `location`.
+pub const DEFAULT_LOCATION: &str = "LOCAL";
+
+/// Timeouts and bounds. [`Tuning::default`] suits production; tests shorten
+/// the timeouts.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// A connection must open its control stream and register within this.
+    pub registration_timeout: Duration,
+    /// TLS/QUIC handshake bound.
+    pub handshake_timeout: Duration,
+    /// How long the edge waits for a connector's response head (Cloudflare
+    /// uses 100 s for origins).
+    pub response_timeout: Duration,
+    /// Bound on opening a stream (waits when the connector's stream limit is
+    /// reached).
+    pub open_stream_timeout: Duration,
+    /// Bound on one configuration push (stream, bootstrap, call, reply).
+    pub push_timeout: Duration,
+    /// Cap on concurrent QUIC connections.
+    pub max_quic_connections: usize,
+    /// Cap on concurrent public HTTP connections.
+    pub max_http_connections: usize,
+    /// Pinned single-thread runtimes for RPC sessions.
+    pub rpc_threads: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            registration_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(100),
+            open_stream_timeout: Duration::from_secs(5),
+            push_timeout: Duration::from_secs(15),
+            max_quic_connections: 10_000,
+            max_http_connections: 10_000,
+            rpc_threads: 2,
+        }
+    }
+}
+
+/// State shared by every task of one edge.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub routes: Arc<dyn Routes>,
+    pub registry: Registry,
+    pub hosts: RwLock<HostIndex>,
+    pub config: EdgeConfig,
+    pub tuning: Tuning,
+    /// The main (multi-thread) runtime: store calls and proxying run here.
+    pub rt: tokio::runtime::Handle,
+    /// Pinned runtimes for the `!Send` RPC sessions.
+    pub rpc_pool: LocalPoolHandle,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn hosts_read(&self) -> std::sync::RwLockReadGuard<'_, HostIndex> {
+        self.hosts.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn hosts_write(&self) -> std::sync::RwLockWriteGuard<'_, HostIndex> {
+        self.hosts.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A started edge. Dropping it does not stop it; call [`RunningEdge::shutdown`].
+pub struct RunningEdge {
+    shared: Arc<Shared>,
+    quic_addr: SocketAddr,
+    http_addr: SocketAddr,
+    ca_pem: String,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts the edge with default [`Tuning`].
+pub async fn start(config: EdgeConfig, store: Store) -> Result<RunningEdge, EdgeError> {
+    start_with(config, store, Tuning::default()).await
+}
+
+/// Starts the edge: loads (or creates) the TLS identity, forgets this node's
+/// connections from a previous run, indexes remote ingress hostnames, and
+/// binds both listeners. Must be called inside a multi-thread tokio runtime.
+pub async fn start_with(
+    config: EdgeConfig,
+    store: Store,
+    tuning: Tuning,
+) -> Result<RunningEdge, EdgeError> {
+    if config.node_id.is_empty() {
+        return Err(EdgeError::Config("node_id must not be empty".into()));
+    }
+    if config.location.is_empty() {
+        return Err(EdgeError::Config("location must not be empty".into()));
+    }
+    let tunnel_domain = config.tunnel_domain.trim_matches('.').to_ascii_lowercase();
+    if tunnel_domain.is_empty() {
+        return Err(EdgeError::Config("tunnel_domain must not be empty".into()));
+    }
+    let mut config = config;
+    config.tunnel_domain = tunnel_domain;
+
+    let tls = tls::EdgeTls::load(
+        &config.data_dir,
+        config.edge_cert.as_deref(),
+        config.edge_key.as_deref(),
+    )?;
+    let server_tls = tls.quic_server_config()?;
+
+    // Connections a previous run of this node held are gone for sure.
+    let cleared = store.clear_edge_node(&config.node_id).await?;
+    if !cleared.connections.is_empty() {
+        tracing::info!(
+            count = cleared.connections.len(),
+            "forgot connections of a previous run of this edge node"
+        );
+    }
+
+    let routes: Arc<dyn Routes> = Arc::new(store.clone());
+    let mut index = HostIndex::default();
+    for cfg in routes.list_remote_configs().await? {
+        index.set_tunnel(cfg.tunnel_id, hosts::ingress_hostnames(&cfg.config));
+    }
+
+    let endpoint = quic::bind(config.edge_listen, server_tls, &tuning)?;
+    let quic_addr = endpoint.local_addr().map_err(|e| EdgeError::Bind {
+        what: "QUIC",
+        addr: config.edge_listen,
+        source: e,
+    })?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|e| EdgeError::Bind {
+            what: "HTTP",
+            addr: config.http_listen,
+            source: e,
+        })?;
+    let http_addr = http.local_addr().map_err(|e| EdgeError::Bind {
+        what: "HTTP",
+        addr: config.http_listen,
+        source: e,
+    })?;
+
+    let shared = Arc::new(Shared {
+        store,
+        routes,
+        registry: Registry::default(),
+        hosts: RwLock::new(index),
+        tuning: tuning.clone(),
+        rt: tokio::runtime::Handle::current(),
+        rpc_pool: LocalPoolHandle::new(tuning.rpc_threads.max(1)),
+        shutdown: CancellationToken::new(),
+        config,
+    });
+    let tasks = vec![
+        tokio::spawn(quic::accept_loop(shared.clone(), endpoint.clone())),
+        tokio::spawn(proxy::serve(shared.clone(), http)),
+    ];
+    tracing::info!(%quic_addr, %http_addr, node = %shared.config.node_id, "edge started");
+    Ok(RunningEdge {
+        shared,
+        quic_addr,
+        http_addr,
+        ca_pem: tls.ca_pem,
+        endpoint,
+        tasks,
+    })
+}
+
+impl RunningEdge {
+    /// The bound QUIC address (useful with port 0).
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound public HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// PEM of the CA connectors must trust (`--cacert`).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The hooks the API calls (config changes, removed connections).
+    pub fn control(&self) -> Arc<dyn culvert_api::EdgeControl> {
+        Arc::new(control::Control::new(self.shared.clone()))
+    }
+
+    /// Number of live registered connections on this edge.
+    pub fn live_connections(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Stops both listeners, closes every connector connection (cloudflared
+    /// reconnects elsewhere or later) and forgets them in the store.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.endpoint
+            .close(quic::CODE_SHUTDOWN, b"edge shutting down");
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for c in self.shared.registry.all() {
+            self.shared.registry.remove(c.id);
+        }
+        if let Err(e) = self
+            .shared
+            .store
+            .clear_edge_node(&self.shared.config.node_id)
+            .await
+        {
+            tracing::warn!(error = %e, "could not clear this node's connections at shutdown");
+        }
+        tracing::info!("edge stopped");
+    }
+}

@@ -1,0 +1,329 @@
+//! The public HTTP/1.1 listener: Host → tunnel → connection → QUIC data
+//! stream (edge-protocol.md §4.3).
+//!
+//! Bodies stream in both directions with backpressure: the request body is
+//! written frame by frame into the QUIC stream (quinn flow control stalls
+//! the eyeball when the connector is slow), and the response body is read
+//! from the stream in bounded chunks only as fast as hyper writes them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use culvert_proto::stream::DATA_STREAM_PREAMBLE;
+use culvert_proto::{ConnectResponse, Limits};
+use futures::StreamExt;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use quinn::VarInt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::Shared;
+use crate::error::ProxyError;
+use crate::hosts::{normalize_host, tunnel_of_tunnel_domain};
+use crate::pages::ErrorPage;
+use crate::request::{
+    EyeballHead, ResponseError, bodiless, build_connect_request, new_ray, response_head,
+};
+
+type ProxyBody = BoxBody<Bytes, std::io::Error>;
+
+/// How many connections a request may try to open a stream on.
+const MAX_OPEN_ATTEMPTS: usize = 3;
+/// Read size for response bodies (one buffer in flight per request).
+const BODY_CHUNK: usize = 64 * 1024;
+/// Bound on reading an eyeball's request head (slow-loris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts eyeball connections until shutdown.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(shared.tuning.max_http_connections.max(1)));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many HTTP connections; dropping");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let shutdown = shared.shutdown.clone();
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let ray = new_ray(&shared.config.location);
+    let raw_host = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let Some(host) = normalize_host(&raw_host) else {
+        return error_page(ErrorPage::TunnelUnavailable, &raw_host, &ray);
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = match resolve(&shared, &host).await {
+        Some(tunnel) => proxy(&shared, tunnel, req, &raw_host, peer, &ray).await,
+        None => Err(ProxyError::UnknownHost(host.clone())),
+    };
+    match result {
+        Ok(resp) => {
+            tracing::debug!(%host, %method, %path, %ray, status = resp.status().as_u16(), "proxied");
+            resp
+        }
+        Err(e) => {
+            let page = match &e {
+                ProxyError::UnknownHost(_)
+                | ProxyError::NoConnection(_)
+                | ProxyError::OpenStream(_) => ErrorPage::TunnelUnavailable,
+                ProxyError::Timeout(_) => ErrorPage::Timeout,
+                ProxyError::Send(_) | ProxyError::BadResponse(_) | ProxyError::Connector(_) => {
+                    ErrorPage::BadGateway
+                }
+            };
+            tracing::info!(%host, %method, %path, %ray, error = %e, status = page.status().as_u16(), "request not proxied");
+            error_page(page, &host, &ray)
+        }
+    }
+}
+
+/// Host → tunnel: the tunnel domain, then an exact DNS route, then the
+/// remote ingress index (see [`crate::hosts`]).
+async fn resolve(shared: &Shared, host: &str) -> Option<Uuid> {
+    if let Some(id) = tunnel_of_tunnel_domain(host, &shared.config.tunnel_domain) {
+        return Some(id);
+    }
+    match shared.routes.find_route(host).await {
+        Ok(Some(id)) => return Some(id),
+        Ok(None) => {}
+        // The ingress index may still know the host; a store outage should
+        // not take those down.
+        Err(e) => tracing::warn!(%host, error = %e, "route look-up failed"),
+    }
+    shared.hosts_read().lookup(host)
+}
+
+async fn proxy(
+    shared: &Shared,
+    tunnel: Uuid,
+    req: Request<Incoming>,
+    raw_host: &str,
+    peer: SocketAddr,
+    ray: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let candidates = shared.registry.candidates(tunnel);
+    if candidates.is_empty() {
+        return Err(ProxyError::NoConnection(tunnel));
+    }
+    let built = build_connect_request(&EyeballHead {
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+        host: raw_host,
+        peer_ip: peer.ip(),
+        ray,
+        scheme: "http",
+    })
+    .map_err(|e| ProxyError::Send(e.to_string()))?;
+    let method = req.method().clone();
+    let body = req.into_body();
+    let head = built.request.encode();
+
+    // Try the candidates in round-robin order; only a failure to open a
+    // stream (nothing sent yet) moves on to the next connection.
+    let mut last_err = String::from("no connection tried");
+    let mut opened = None;
+    for c in candidates.iter().take(MAX_OPEN_ATTEMPTS) {
+        match tokio::time::timeout(shared.tuning.open_stream_timeout, c.conn.open_bi()).await {
+            Ok(Ok(s)) => {
+                opened = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last_err = format!("connection {}: {e}", c.id),
+            Err(_) => last_err = format!("connection {}: stream limit reached", c.id),
+        }
+    }
+    let Some((mut send, mut recv)) = opened else {
+        return Err(ProxyError::OpenStream(last_err));
+    };
+
+    // Preamble + ConnectRequest in one write: cloudflared reads the version
+    // with a single read.
+    send.write_all(&head)
+        .await
+        .map_err(|e| ProxyError::Send(e.to_string()))?;
+    let pump = tokio::spawn(pump_request_body(body, send, built.has_body));
+
+    let timeout = shared.tuning.response_timeout;
+    let (resp, rest) = match tokio::time::timeout(timeout, read_response_head(&mut recv)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            pump.abort();
+            return Err(e);
+        }
+        Err(_) => {
+            pump.abort();
+            let _ = recv.stop(VarInt::from_u32(0));
+            return Err(ProxyError::Timeout(timeout));
+        }
+    };
+    let head = response_head(&resp).map_err(|e| match e {
+        ResponseError::Connector(m) => ProxyError::Connector(m),
+        e => ProxyError::BadResponse(e.to_string()),
+    })?;
+
+    let body: ProxyBody = if bodiless(&method, head.status) {
+        drop(recv);
+        Empty::new().map_err(|never| match never {}).boxed()
+    } else {
+        let first = futures::stream::iter((!rest.is_empty()).then_some(Ok(rest)));
+        let chunks = first
+            .chain(tokio_util::io::ReaderStream::with_capacity(
+                recv, BODY_CHUNK,
+            ))
+            .map(|r| r.map(Frame::data));
+        BodyExt::boxed(StreamBody::new(chunks))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if let Ok(v) = HeaderValue::from_str(ray) {
+        response.headers_mut().insert("cf-ray", v);
+    }
+    Ok(response)
+}
+
+/// A request stream's send half that resets (rather than finishes) when
+/// dropped before [`RequestSend::finish`]: quinn finishes a dropped stream,
+/// and a FIN would tell the connector a cut-off body was complete.
+struct RequestSend(Option<quinn::SendStream>);
+
+impl RequestSend {
+    fn finish(mut self) {
+        if let Some(mut s) = self.0.take() {
+            let _ = s.finish();
+        }
+    }
+}
+
+impl Drop for RequestSend {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.0.take() {
+            let _ = s.reset(VarInt::from_u32(0));
+        }
+    }
+}
+
+/// Copies the eyeball's body into the stream, then FIN. An eyeball that
+/// aborts its body, or a pump aborted because the exchange failed, resets
+/// the stream instead.
+async fn pump_request_body(mut body: Incoming, send: quinn::SendStream, has_body: bool) {
+    let mut guard = RequestSend(Some(send));
+    if has_body {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return; // guard resets
+            };
+            // Trailers cannot travel over QUIC data streams; dropped.
+            if let Ok(data) = frame.into_data()
+                && let Some(s) = guard.0.as_mut()
+                && s.write_all(&data).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+    guard.finish();
+}
+
+/// Reads the preamble and `ConnectResponse`; returns them with any body
+/// bytes that arrived in the same reads. Bounded by the data-stream limits.
+async fn read_response_head(
+    recv: &mut quinn::RecvStream,
+) -> Result<(ConnectResponse, Bytes), ProxyError> {
+    let limit = DATA_STREAM_PREAMBLE.len() + Limits::DATA_STREAM.max_message_bytes;
+    let mut buf = BytesMut::new();
+    loop {
+        match recv.read_chunk(BODY_CHUNK, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(ProxyError::BadResponse(
+                    "stream ended before a response head".into(),
+                ));
+            }
+            Err(e) => return Err(ProxyError::BadResponse(format!("stream failed: {e}"))),
+        }
+        match ConnectResponse::decode(&buf, &Limits::DATA_STREAM) {
+            Ok(Some((resp, used))) => return Ok((resp, buf.split_off(used).freeze())),
+            Ok(None) if buf.len() <= limit => continue,
+            Ok(None) => return Err(ProxyError::BadResponse("response head too large".into())),
+            Err(e) => return Err(ProxyError::BadResponse(e.to_string())),
+        }
+    }
+}
+
+fn error_page(page: ErrorPage, host: &str, ray: &str) -> Response<ProxyBody> {
+    let body = Full::new(Bytes::from(page.html(host, ray)))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = page.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=UTF-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(ray) {
+        h.insert("cf-ray", v);
+    }
+    resp
+}
