@@ -101,7 +101,14 @@ pub fn generate_token_secret() -> Result<String, ring::error::Unspecified> {
 }
 
 fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || c == '~' || c == '+' || c == '/' || c == '='
+    c.is_ascii_alphanumeric()
+        || c == '_'
+        || c == '-'
+        || c == '.'
+        || c == '~'
+        || c == '+'
+        || c == '/'
+        || c == '='
 }
 
 /// How the request presented its credential, before any lookup.
@@ -239,16 +246,26 @@ mod tests {
     fn reads_bearer_and_global_key() {
         let h = headers(&[("authorization", "Bearer abc_DEF-123")]);
         assert_eq!(presented(&h).unwrap(), Presented::Bearer("abc_DEF-123"));
-        let h = headers(&[("x-auth-email", "a@b.c"), ("x-auth-key", "k"), ("authorization", "Bearer t")]);
+        let h = headers(&[
+            ("x-auth-email", "a@b.c"),
+            ("x-auth-key", "k"),
+            ("authorization", "Bearer t"),
+        ]);
         assert_eq!(
             presented(&h).unwrap(),
-            Presented::GlobalKey { email: "a@b.c", key: "k" }
+            Presented::GlobalKey {
+                email: "a@b.c",
+                key: "k"
+            }
         );
     }
 
     #[test]
     fn rejects_missing_and_malformed() {
-        assert_eq!(presented(&HeaderMap::new()).unwrap_err().errors[0].code, 9106);
+        assert_eq!(
+            presented(&HeaderMap::new()).unwrap_err().errors[0].code,
+            9106
+        );
         for bad in ["Bearer", "Basic abc", "Bearer a b", "Bearer ", "token"] {
             let err = presented(&headers(&[("authorization", bad)])).unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");

@@ -141,7 +141,9 @@ impl ApiError {
             errors: vec![
                 ErrorItem::new(
                     code::COULD_NOT_ROUTE,
-                    format!("Could not route to {path}, perhaps your object identifier is invalid?"),
+                    format!(
+                        "Could not route to {path}, perhaps your object identifier is invalid?"
+                    ),
                 ),
                 ErrorItem::new(code::NO_ROUTE, "No route for that URI"),
             ],
@@ -149,7 +151,11 @@ impl ApiError {
     }
 
     pub fn no_route() -> Self {
-        Self::new(StatusCode::NOT_FOUND, code::NO_ROUTE, "No route for that URI")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            code::NO_ROUTE,
+            "No route for that URI",
+        )
     }
 
     pub fn tunnel_not_found() -> Self {
@@ -204,7 +210,9 @@ impl From<culvert_store::StoreError> for ApiError {
             E::RouteConflict { hostname } => ApiError::new(
                 StatusCode::CONFLICT,
                 code::RECORD_EXISTS,
-                format!("An A, AAAA, or CNAME record with that host already exists: {hostname} routes to another tunnel (use overwrite)"),
+                format!(
+                    "An A, AAAA, or CNAME record with that host already exists: {hostname} routes to another tunnel (use overwrite)"
+                ),
             ),
             E::HasActiveConnections(_) => ApiError::new(
                 StatusCode::BAD_REQUEST,

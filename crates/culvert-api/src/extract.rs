@@ -60,7 +60,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Ids {
                     ids.account_id = value.to_ascii_lowercase();
                 }
                 "tunnel_id" | "connector_id" => {
-                    let id = Uuid::try_parse(value).map_err(|_| ApiError::could_not_route(&path))?;
+                    let id =
+                        Uuid::try_parse(value).map_err(|_| ApiError::could_not_route(&path))?;
                     if key == "tunnel_id" {
                         ids.tunnel_id = Some(id);
                     } else {

@@ -33,7 +33,9 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("name must not contain control characters"));
+        return Err(ApiError::bad_request(
+            "name must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -171,7 +173,11 @@ async fn edit(st: &ApiState, ids: &Ids, body: PatchTunnelBody, tun_type: TunType
     if let Some(name) = &body.name {
         validate_name(name)?;
     }
-    let secret = body.tunnel_secret.as_deref().map(decode_secret).transpose()?;
+    let secret = body
+        .tunnel_secret
+        .as_deref()
+        .map(decode_secret)
+        .transpose()?;
     let rotated = secret.is_some();
     let patch = TunnelPatch {
         name: body.name,
@@ -237,15 +243,25 @@ pub async fn cfd_list(State(st): State<ApiState>, ids: Ids, RawQuery(q): RawQuer
     list(&st, &ids, q.as_deref(), Some(TunType::CfdTunnel)).await
 }
 
-pub async fn cfd_create(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonBody<CreateTunnelBody>) -> ApiResult {
+pub async fn cfd_create(
+    State(st): State<ApiState>,
+    ids: Ids,
+    JsonBody(b): JsonBody<CreateTunnelBody>,
+) -> ApiResult {
     create(&st, &ids, b, TunType::CfdTunnel).await
 }
 
 pub async fn cfd_get(State(st): State<ApiState>, ids: Ids) -> ApiResult {
-    Ok(ok(&TunnelView::new(&load(&st, &ids, TunType::CfdTunnel).await?)))
+    Ok(ok(&TunnelView::new(
+        &load(&st, &ids, TunType::CfdTunnel).await?,
+    )))
 }
 
-pub async fn cfd_edit(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonBody<PatchTunnelBody>) -> ApiResult {
+pub async fn cfd_edit(
+    State(st): State<ApiState>,
+    ids: Ids,
+    JsonBody(b): JsonBody<PatchTunnelBody>,
+) -> ApiResult {
     edit(&st, &ids, b, TunType::CfdTunnel).await
 }
 
@@ -265,17 +281,26 @@ pub async fn cfd_connector(State(st): State<ApiState>, ids: Ids) -> ApiResult {
     connector(&st, &ids, TunType::CfdTunnel).await
 }
 
-pub async fn cfd_delete_connections(State(st): State<ApiState>, ids: Ids, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn cfd_delete_connections(
+    State(st): State<ApiState>,
+    ids: Ids,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     load(&st, &ids, TunType::CfdTunnel).await?;
     let mut client_id = None;
     for (k, v) in form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
         if k == "client_id" && !v.is_empty() {
             client_id = Some(Uuid::try_parse(v.trim()).map_err(|_| {
-                ApiError::bad_request(format!("Invalid value {v:?} for query parameter client_id: expected a UUID"))
+                ApiError::bad_request(format!(
+                    "Invalid value {v:?} for query parameter client_id: expected a UUID"
+                ))
             })?);
         }
     }
-    let removed = st.store().remove_connections(ids.tunnel(), client_id).await?;
+    let removed = st
+        .store()
+        .remove_connections(ids.tunnel(), client_id)
+        .await?;
     if !removed.connections.is_empty() {
         st.edge().connections_removed(ids.tunnel(), &removed);
     }
@@ -291,7 +316,11 @@ pub async fn cfd_get_config(State(st): State<ApiState>, ids: Ids) -> ApiResult {
     Ok(ok(&view))
 }
 
-pub async fn cfd_put_config(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonBody<PutConfigBody>) -> ApiResult {
+pub async fn cfd_put_config(
+    State(st): State<ApiState>,
+    ids: Ids,
+    JsonBody(b): JsonBody<PutConfigBody>,
+) -> ApiResult {
     let tunnel = load_live(&st, &ids, TunType::CfdTunnel).await?;
     let config = match b.config {
         None | Some(serde_json::Value::Null) => json!({}),
@@ -306,7 +335,12 @@ pub async fn cfd_put_config(State(st): State<ApiState>, ids: Ids, JsonBody(b): J
     }
     let stored = st
         .store()
-        .put_config(&ids.account_id, tunnel.id, &config, ConfigSource::Cloudflare)
+        .put_config(
+            &ids.account_id,
+            tunnel.id,
+            &config,
+            ConfigSource::Cloudflare,
+        )
         .await?;
     st.edge().config_updated(&stored);
     Ok(ok(&ConfigView::new(&stored)))
@@ -314,7 +348,9 @@ pub async fn cfd_put_config(State(st): State<ApiState>, ids: Ids, JsonBody(b): J
 
 fn check_resources(resources: &[String]) -> Result<(), ApiError> {
     if resources.is_empty() {
-        return Err(ApiError::bad_request("resources must name at least one resource"));
+        return Err(ApiError::bad_request(
+            "resources must name at least one resource",
+        ));
     }
     if let Some(bad) = resources.iter().find(|r| !RESOURCES.contains(&r.as_str())) {
         return Err(ApiError::bad_request(format!(
@@ -325,12 +361,23 @@ fn check_resources(resources: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn issue_management_token(st: &ApiState, ids: &Ids, principal: &Principal, resources: Vec<String>) -> ApiResult {
+async fn issue_management_token(
+    st: &ApiState,
+    ids: &Ids,
+    principal: &Principal,
+    resources: Vec<String>,
+) -> ApiResult {
     check_resources(&resources)?;
     let tunnel = load_live(st, ids, TunType::CfdTunnel).await?;
     let jwt = st
         .keys()
-        .issue(tunnel.id, &tunnel.account_id, principal.actor_id(), resources, now_micros() / 1_000_000)
+        .issue(
+            tunnel.id,
+            &tunnel.account_id,
+            principal.actor_id(),
+            resources,
+            now_micros() / 1_000_000,
+        )
         .map_err(ApiError::internal)?;
     Ok(ok(&jwt))
 }
@@ -365,15 +412,25 @@ pub async fn warp_list(State(st): State<ApiState>, ids: Ids, RawQuery(q): RawQue
     list(&st, &ids, q.as_deref(), Some(TunType::WarpConnector)).await
 }
 
-pub async fn warp_create(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonBody<CreateTunnelBody>) -> ApiResult {
+pub async fn warp_create(
+    State(st): State<ApiState>,
+    ids: Ids,
+    JsonBody(b): JsonBody<CreateTunnelBody>,
+) -> ApiResult {
     create(&st, &ids, b, TunType::WarpConnector).await
 }
 
 pub async fn warp_get(State(st): State<ApiState>, ids: Ids) -> ApiResult {
-    Ok(ok(&TunnelView::new(&load(&st, &ids, TunType::WarpConnector).await?)))
+    Ok(ok(&TunnelView::new(
+        &load(&st, &ids, TunType::WarpConnector).await?,
+    )))
 }
 
-pub async fn warp_edit(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonBody<PatchTunnelBody>) -> ApiResult {
+pub async fn warp_edit(
+    State(st): State<ApiState>,
+    ids: Ids,
+    JsonBody(b): JsonBody<PatchTunnelBody>,
+) -> ApiResult {
     edit(&st, &ids, b, TunType::WarpConnector).await
 }
 
@@ -396,7 +453,11 @@ pub async fn warp_connector(State(st): State<ApiState>, ids: Ids) -> ApiResult {
 // ---- token verification -----------------------------------------------
 
 fn invalid_api_token() -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, code::INVALID_API_TOKEN, "Invalid API Token")
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        code::INVALID_API_TOKEN,
+        "Invalid API Token",
+    )
 }
 
 fn verify_view(t: &culvert_store::ApiToken) -> TokenVerifyView {
@@ -409,11 +470,17 @@ fn verify_view(t: &culvert_store::ApiToken) -> TokenVerifyView {
 }
 
 pub async fn user_token_verify(State(st): State<ApiState>, headers: HeaderMap) -> ApiResult {
-    let t = verify_bearer(st.store(), &headers).await.ok_or_else(invalid_api_token)?;
+    let t = verify_bearer(st.store(), &headers)
+        .await
+        .ok_or_else(invalid_api_token)?;
     Ok(ok(&verify_view(&t)))
 }
 
-pub async fn account_token_verify(State(st): State<ApiState>, headers: HeaderMap, ids: Ids) -> ApiResult {
+pub async fn account_token_verify(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    ids: Ids,
+) -> ApiResult {
     let t = verify_bearer(st.store(), &headers)
         .await
         .filter(|t| t.account_id == ids.account_id)
@@ -434,10 +501,17 @@ fn valid_hostname(h: &str) -> bool {
 }
 
 fn in_zone(host: &str, zone: &str) -> bool {
-    host == zone || host.strip_suffix(zone).is_some_and(|rest| rest.ends_with('.'))
+    host == zone
+        || host
+            .strip_suffix(zone)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
-pub async fn zone_route(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonBody<RouteBody>) -> ApiResult {
+pub async fn zone_route(
+    State(st): State<ApiState>,
+    ids: Ids,
+    JsonBody(b): JsonBody<RouteBody>,
+) -> ApiResult {
     if b.kind != "dns" {
         return Err(ApiError::bad_request(format!(
             "Unsupported route type {:?}: only \"dns\" routes are supported",
@@ -452,7 +526,10 @@ pub async fn zone_route(State(st): State<ApiState>, ids: Ids, JsonBody(b): JsonB
         .ok_or_else(|| ApiError::could_not_route(&format!("/zones/{zone_id}")))?;
     let host = culvert_store::normalize_hostname(&b.user_hostname);
     if !valid_hostname(&host) {
-        return Err(ApiError::bad_request(format!("{:?} is not a valid hostname", b.user_hostname)));
+        return Err(ApiError::bad_request(format!(
+            "{:?} is not a valid hostname",
+            b.user_hostname
+        )));
     }
     // A bare label is qualified with the zone, as Cloudflare does; a full name
     // must fall inside one of the account's zones (the most specific wins).

@@ -131,13 +131,17 @@ impl ManagementKeys {
             .pair
             .sign(&self.rng, signing_input.as_bytes())
             .map_err(|_| ManagementError::Sign)?;
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(sig.as_ref())
+        ))
     }
 
     /// Checks signature (ES256 only), issuer and expiry; returns the claims.
     pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, ManagementError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(ManagementError::Malformed);
         };

@@ -40,7 +40,9 @@ fn result_schema(g: &mut SchemaGenerator, r: ResultKind) -> Value {
         ResultKind::Text => json!({"type": "string"}),
         ResultKind::Empty => json!({"type": ["object", "null"]}),
         ResultKind::TokenVerify => schema::<TokenVerifyView>(g),
-        ResultKind::Status => json!({"type": "object", "properties": {"status": {"type": "string"}}}),
+        ResultKind::Status => {
+            json!({"type": "object", "properties": {"status": {"type": "string"}}})
+        }
         ResultKind::OpenApi => json!({"type": "object"}),
         ResultKind::RouteResult => schema::<RouteResultView>(g),
     }
@@ -53,8 +55,12 @@ fn param_schema(kind: ParamKind) -> Value {
         ParamKind::Boolean => json!({"type": "boolean"}),
         ParamKind::DateTime => json!({"type": "string", "format": "date-time"}),
         ParamKind::Uuid => json!({"type": "string", "format": "uuid"}),
-        ParamKind::Status => json!({"type": "string", "enum": ["inactive", "degraded", "healthy", "down"]}),
-        ParamKind::TunTypes => json!({"type": "array", "items": {"type": "string", "enum": ["cfd_tunnel", "warp_connector", "warp", "magic", "ip_sec", "gre", "cni"]}}),
+        ParamKind::Status => {
+            json!({"type": "string", "enum": ["inactive", "degraded", "healthy", "down"]})
+        }
+        ParamKind::TunTypes => {
+            json!({"type": "array", "items": {"type": "string", "enum": ["cfd_tunnel", "warp_connector", "warp", "magic", "ip_sec", "gre", "cni"]}})
+        }
     }
 }
 
@@ -63,8 +69,12 @@ fn path_params(path: &str) -> Vec<Value> {
         .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
         .map(|name| {
             let schema = match name {
-                "account_id" | "zone_id" => json!({"type": "string", "maxLength": 32, "pattern": "^[0-9a-fA-F]{32}$"}),
-                "tunnel_id" | "connector_id" => json!({"type": "string", "format": "uuid", "maxLength": 36}),
+                "account_id" | "zone_id" => {
+                    json!({"type": "string", "maxLength": 32, "pattern": "^[0-9a-fA-F]{32}$"})
+                }
+                "tunnel_id" | "connector_id" => {
+                    json!({"type": "string", "format": "uuid", "maxLength": 36})
+                }
                 _ => json!({"type": "string"}),
             };
             json!({"name": name, "in": "path", "required": true, "schema": schema})
@@ -113,8 +123,14 @@ pub fn build() -> Value {
             success["properties"]["result_info"] = schema::<ResultInfo>(&mut g);
         }
         let mut responses = Map::new();
-        responses.insert("200".into(), json!({"description": "Success", "content": {"application/json": {"schema": success}}}));
-        responses.insert("400".into(), error_response("Bad request (invalid input, malformed credentials)"));
+        responses.insert(
+            "200".into(),
+            json!({"description": "Success", "content": {"application/json": {"schema": success}}}),
+        );
+        responses.insert(
+            "400".into(),
+            error_response("Bad request (invalid input, malformed credentials)"),
+        );
         let mut item = json!({
             "operationId": op.operation_id,
             "summary": op.summary,
@@ -125,14 +141,29 @@ pub fn build() -> Value {
                 item["security"] = json!([]);
             }
             Access::AnyCredential => {
-                responses.insert("401".into(), error_response("Invalid API Token (code 1000)"));
+                responses.insert(
+                    "401".into(),
+                    error_response("Invalid API Token (code 1000)"),
+                );
             }
             Access::Groups(groups) => {
-                item["description"] = json!(format!("Requires one of the permission groups: {}.", groups.join(", ")));
+                item["description"] = json!(format!(
+                    "Requires one of the permission groups: {}.",
+                    groups.join(", ")
+                ));
                 item["x-api-token-group"] = json!(groups);
-                responses.insert("401".into(), error_response("Unknown or expired credential (code 10000)"));
-                responses.insert("403".into(), error_response("Missing permission group or another account (10000 / 9109)"));
-                responses.insert("404".into(), error_response("Unknown object or identifier (7003 / 1003)"));
+                responses.insert(
+                    "401".into(),
+                    error_response("Unknown or expired credential (code 10000)"),
+                );
+                responses.insert(
+                    "403".into(),
+                    error_response("Missing permission group or another account (10000 / 9109)"),
+                );
+                responses.insert(
+                    "404".into(),
+                    error_response("Unknown object or identifier (7003 / 1003)"),
+                );
             }
         }
         if op.body.is_some() || op.result == ResultKind::Tunnel {
@@ -140,8 +171,12 @@ pub fn build() -> Value {
         }
         if let Some(b) = op.body {
             let body = body_schema(&mut g, b);
-            item["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
-            responses.insert("413".into(), error_response("Body larger than the server's limit"));
+            item["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": body}}});
+            responses.insert(
+                "413".into(),
+                error_response("Body larger than the server's limit"),
+            );
         }
         item["responses"] = Value::Object(responses);
         let path = format!("{BASE}{}", op.path);

@@ -34,18 +34,66 @@ pub enum ParamKind {
 
 /// Parameters of `GET …/cfd_tunnel` and `GET …/warp_connector`.
 pub const LIST_PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "name", kind: ParamKind::String, description: "Exact tunnel name" },
-    ParamSpec { name: "is_deleted", kind: ParamKind::Boolean, description: "true: only deleted tunnels; false: only live ones; absent: both" },
-    ParamSpec { name: "existed_at", kind: ParamKind::DateTime, description: "Tunnels that existed (created, not yet deleted) at this instant" },
-    ParamSpec { name: "uuid", kind: ParamKind::Uuid, description: "Exact tunnel id" },
-    ParamSpec { name: "was_active_at", kind: ParamKind::DateTime, description: "Tunnels with a connection at this instant" },
-    ParamSpec { name: "was_inactive_at", kind: ParamKind::DateTime, description: "Tunnels without a connection at this instant" },
-    ParamSpec { name: "include_prefix", kind: ParamKind::String, description: "Name starts with this prefix" },
-    ParamSpec { name: "name_prefix", kind: ParamKind::String, description: "Alias of include_prefix (sent by cloudflared)" },
-    ParamSpec { name: "exclude_prefix", kind: ParamKind::String, description: "Name does not start with this prefix" },
-    ParamSpec { name: "status", kind: ParamKind::Status, description: "inactive, degraded, healthy or down" },
-    ParamSpec { name: "page", kind: ParamKind::Integer, description: "Page number, from 1" },
-    ParamSpec { name: "per_page", kind: ParamKind::Integer, description: "Items per page, 1 to 1000 (default 20)" },
+    ParamSpec {
+        name: "name",
+        kind: ParamKind::String,
+        description: "Exact tunnel name",
+    },
+    ParamSpec {
+        name: "is_deleted",
+        kind: ParamKind::Boolean,
+        description: "true: only deleted tunnels; false: only live ones; absent: both",
+    },
+    ParamSpec {
+        name: "existed_at",
+        kind: ParamKind::DateTime,
+        description: "Tunnels that existed (created, not yet deleted) at this instant",
+    },
+    ParamSpec {
+        name: "uuid",
+        kind: ParamKind::Uuid,
+        description: "Exact tunnel id",
+    },
+    ParamSpec {
+        name: "was_active_at",
+        kind: ParamKind::DateTime,
+        description: "Tunnels with a connection at this instant",
+    },
+    ParamSpec {
+        name: "was_inactive_at",
+        kind: ParamKind::DateTime,
+        description: "Tunnels without a connection at this instant",
+    },
+    ParamSpec {
+        name: "include_prefix",
+        kind: ParamKind::String,
+        description: "Name starts with this prefix",
+    },
+    ParamSpec {
+        name: "name_prefix",
+        kind: ParamKind::String,
+        description: "Alias of include_prefix (sent by cloudflared)",
+    },
+    ParamSpec {
+        name: "exclude_prefix",
+        kind: ParamKind::String,
+        description: "Name does not start with this prefix",
+    },
+    ParamSpec {
+        name: "status",
+        kind: ParamKind::Status,
+        description: "inactive, degraded, healthy or down",
+    },
+    ParamSpec {
+        name: "page",
+        kind: ParamKind::Integer,
+        description: "Page number, from 1",
+    },
+    ParamSpec {
+        name: "per_page",
+        kind: ParamKind::Integer,
+        description: "Items per page, 1 to 1000 (default 20)",
+    },
 ];
 
 /// The extra parameter of `GET /accounts/{id}/tunnels`.
@@ -66,7 +114,15 @@ pub struct ListQuery {
     pub matches_nothing: bool,
 }
 
-const KNOWN_TUN_TYPES: &[&str] = &["cfd_tunnel", "warp_connector", "warp", "magic", "ip_sec", "gre", "cni"];
+const KNOWN_TUN_TYPES: &[&str] = &[
+    "cfd_tunnel",
+    "warp_connector",
+    "warp",
+    "magic",
+    "ip_sec",
+    "gre",
+    "cni",
+];
 
 fn invalid(name: &str, value: &str, expected: &str) -> ApiError {
     ApiError::bad_request(format!(
@@ -150,10 +206,10 @@ pub fn parse_list_query(raw: Option<&str>, allow_tun_types: bool) -> Result<List
                         ));
                     }
                     named_a_type = true;
-                    if let Some(tt) = TunType::parse(t) {
-                        if !f.tun_types.contains(&tt) {
-                            f.tun_types.push(tt);
-                        }
+                    if let Some(tt) = TunType::parse(t)
+                        && !f.tun_types.contains(&tt)
+                    {
+                        f.tun_types.push(tt);
                     }
                 }
             }
@@ -199,8 +255,12 @@ mod tests {
     #[test]
     fn tun_types_both_forms() {
         let a = parse_list_query(Some("tun_types=cfd_tunnel,warp_connector"), true).unwrap();
-        let b = parse_list_query(Some("tun_types=cfd_tunnel&tun_types=warp_connector"), true).unwrap();
-        assert_eq!(a.filter.tun_types, vec![TunType::CfdTunnel, TunType::WarpConnector]);
+        let b =
+            parse_list_query(Some("tun_types=cfd_tunnel&tun_types=warp_connector"), true).unwrap();
+        assert_eq!(
+            a.filter.tun_types,
+            vec![TunType::CfdTunnel, TunType::WarpConnector]
+        );
         assert_eq!(a, b);
         let c = parse_list_query(Some("tun_types=ip_sec"), true).unwrap();
         assert!(c.matches_nothing);
@@ -211,7 +271,17 @@ mod tests {
 
     #[test]
     fn bad_values_are_400() {
-        for raw in ["page=0", "page=x", "per_page=0", "per_page=1001", "per_page=1.5", "is_deleted=maybe", "uuid=nope", "status=sleepy", "existed_at=yesterday"] {
+        for raw in [
+            "page=0",
+            "page=x",
+            "per_page=0",
+            "per_page=1001",
+            "per_page=1.5",
+            "is_deleted=maybe",
+            "uuid=nope",
+            "status=sleepy",
+            "existed_at=yesterday",
+        ] {
             let e = parse_list_query(Some(raw), false).unwrap_err();
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{raw}");
         }

@@ -10,9 +10,8 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 pub fn format_micros(micros: Micros) -> String {
     let nanos = i128::from(micros) * 1_000;
     let dt = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let fmt = format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
     dt.format(fmt)
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".to_string())
 }
@@ -59,7 +58,10 @@ mod tests {
 
     #[test]
     fn formats_with_micros_and_z() {
-        assert_eq!(format_micros(1_733_349_806_291_225), "2024-12-04T22:03:26.291225Z");
+        assert_eq!(
+            format_micros(1_733_349_806_291_225),
+            "2024-12-04T22:03:26.291225Z"
+        );
         assert_eq!(format_micros(0), "1970-01-01T00:00:00.000000Z");
     }
 
@@ -69,10 +71,7 @@ mod tests {
         assert_eq!(parse_timestamp("2024-01-02T03:04:05+00:00"), Some(z));
         assert_eq!(parse_timestamp("2024-01-02T03:04:05"), Some(z));
         assert_eq!(parse_timestamp("2024-01-02T05:04:05+02:00"), Some(z));
-        assert_eq!(
-            parse_timestamp("2024-01-02T03:04:05.5Z"),
-            Some(z + 500_000)
-        );
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05.5Z"), Some(z + 500_000));
         assert!(parse_timestamp("2024-01-02").is_some());
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp(""), None);

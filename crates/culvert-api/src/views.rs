@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use culvert_store::{ConfigSource, Connector, ConnectionInfo, TunType, Tunnel, TunnelConfig};
+use culvert_store::{ConfigSource, ConnectionInfo, Connector, TunType, Tunnel, TunnelConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -139,7 +139,11 @@ impl ConnectorView {
             run_at: format_micros(c.run_at),
             features: c.features.clone(),
             config_version: c.config_version,
-            conns: c.conns.iter().map(|x| ConnectionView::new(x, &c.version)).collect(),
+            conns: c
+                .conns
+                .iter()
+                .map(|x| ConnectionView::new(x, &c.version))
+                .collect(),
         }
     }
 }

@@ -129,7 +129,12 @@ async fn handle(
                     ErrorPage::BadGateway
                 }
             };
-            tracing::info!(%host, %method, %path, %ray, error = %e, status = page.status().as_u16(), "request not proxied");
+            // Unknown hosts are whatever scanners send: keep them out of info.
+            if matches!(e, ProxyError::UnknownHost(_)) {
+                tracing::debug!(%host, %method, %path, %ray, "no tunnel for host");
+            } else {
+                tracing::info!(%host, %method, %path, %ray, error = %e, status = page.status().as_u16(), "request not proxied");
+            }
             error_page(page, &host, &ray)
         }
     }

@@ -340,42 +340,40 @@ impl registration_server::Server for ControlServer {
         params: registration_server::RegisterConnectionParams,
         mut results: registration_server::RegisterConnectionResults,
     ) -> Result<(), capnp::Error> {
-        {
-            let p = RegisterConnectionParams::read_from(params.get()?).map_err(rpc_err)?;
-            // A second registerConnection on the same control stream (never
-            // sent by cloudflared) gets the first answer again.
-            let existing = self.state.borrow().registered.clone();
-            if let Some(reg) = existing {
-                ConnectionResponse::Details(reg.details).write_results(results.get());
-                return Ok(());
+        let p = RegisterConnectionParams::read_from(params.get()?).map_err(rpc_err)?;
+        // A second registerConnection on the same control stream (never
+        // sent by cloudflared) gets the first answer again.
+        let existing = self.state.borrow().registered.clone();
+        if let Some(reg) = existing {
+            ConnectionResponse::Details(reg.details).write_results(results.get());
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let conn = self.conn.clone();
+        let peer = self.peer;
+        let outcome = self
+            .shared
+            .rt
+            .spawn(async move { register(&shared, conn, peer, p).await })
+            .await
+            .unwrap_or_else(|e| Err(RegisterFailure::Internal(e.to_string())));
+        match outcome {
+            Ok(reg) => {
+                ConnectionResponse::Details(reg.details.clone()).write_results(results.get());
+                self.state.borrow_mut().registered = Some(reg);
+                self.registered.notify_one();
+                Ok(())
             }
-            let shared = self.shared.clone();
-            let conn = self.conn.clone();
-            let peer = self.peer;
-            let outcome = self
-                .shared
-                .rt
-                .spawn(async move { register(&shared, conn, peer, p).await })
-                .await
-                .unwrap_or_else(|e| Err(RegisterFailure::Internal(e.to_string())));
-            match outcome {
-                Ok(reg) => {
-                    ConnectionResponse::Details(reg.details.clone()).write_results(results.get());
-                    self.state.borrow_mut().registered = Some(reg);
-                    self.registered.notify_one();
-                    Ok(())
-                }
-                Err(RegisterFailure::Refused(e)) => {
-                    tracing::info!(peer = %self.peer, cause = %e.cause, "registration refused");
-                    ConnectionResponse::Error(e).write_results(results.get());
-                    Ok(())
-                }
-                Err(RegisterFailure::Internal(msg)) => {
-                    tracing::error!(peer = %self.peer, error = %msg, "registration failed");
-                    self.conn
-                        .close(CODE_INTERNAL, b"edge error during registration");
-                    Err(capnp::Error::failed(format!("edge error: {msg}")))
-                }
+            Err(RegisterFailure::Refused(e)) => {
+                tracing::info!(peer = %self.peer, cause = %e.cause, "registration refused");
+                ConnectionResponse::Error(e).write_results(results.get());
+                Ok(())
+            }
+            Err(RegisterFailure::Internal(msg)) => {
+                tracing::error!(peer = %self.peer, error = %msg, "registration failed");
+                self.conn
+                    .close(CODE_INTERNAL, b"edge error during registration");
+                Err(capnp::Error::failed(format!("edge error: {msg}")))
             }
         }
     }
@@ -400,21 +398,19 @@ impl registration_server::Server for ControlServer {
         params: registration_server::UpdateLocalConfigurationParams,
         _: registration_server::UpdateLocalConfigurationResults,
     ) -> Result<(), capnp::Error> {
-        {
-            let p = UpdateLocalConfigurationParams::read_from(params.get()?).map_err(rpc_err)?;
-            let reg = self.state.borrow().registered.clone();
-            let Some(reg) = reg else {
-                return Err(capnp::Error::failed("not registered".into()));
-            };
-            let config: serde_json::Value = serde_json::from_slice(&p.config)
-                .map_err(|e| rpc_err(format!("local configuration is not JSON: {e}")))?;
-            let shared = self.shared.clone();
-            self.shared
-                .rt
-                .spawn(async move { store_local_config(&shared, reg.tunnel_id, config).await })
-                .await
-                .map_err(rpc_err)?
-        }
+        let p = UpdateLocalConfigurationParams::read_from(params.get()?).map_err(rpc_err)?;
+        let reg = self.state.borrow().registered.clone();
+        let Some(reg) = reg else {
+            return Err(capnp::Error::failed("not registered".into()));
+        };
+        let config: serde_json::Value = serde_json::from_slice(&p.config)
+            .map_err(|e| rpc_err(format!("local configuration is not JSON: {e}")))?;
+        let shared = self.shared.clone();
+        self.shared
+            .rt
+            .spawn(async move { store_local_config(&shared, reg.tunnel_id, config).await })
+            .await
+            .map_err(rpc_err)?
     }
 }
 
@@ -446,13 +442,24 @@ async fn register(
     let client = &p.options.client;
     let conn_id = Uuid::new_v4();
     let now = now_micros();
+    // `run_at` is when the connector started: keep the first registration's
+    // time while any of its connections is known (HA connections register
+    // about a second apart, reconnects much later).
+    let run_at = match shared
+        .store
+        .get_connector(tunnel.id, client.client_id)
+        .await?
+    {
+        Some(k) => k.run_at,
+        None => now,
+    };
     let registration = Registration {
         connector: ConnectorInfo {
             connector_id: client.client_id,
             arch: client.arch.clone(),
             version: client.version.clone(),
             features: client.features.clone(),
-            run_at: now,
+            run_at,
         },
         connection: ConnectionInfo {
             id: conn_id,

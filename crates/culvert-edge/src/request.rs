@@ -31,6 +31,11 @@ const EDGE_SET: [&str; 4] = [
     "x-forwarded-proto",
 ];
 
+/// `Expect: 100-continue` is answered by the edge's own HTTP server when the
+/// body is first read; forwarding it would make the origin client wait for a
+/// second, pointless 100.
+const ANSWERED_HERE: [&str; 1] = ["expect"];
+
 /// Prefixes of headers cloudflared gives internal meaning (e.g.
 /// `Cf-Cloudflared-Proxy-Connection-Upgrade`); eyeballs may not send them.
 const INTERNAL_PREFIXES: [&str; 2] = ["cf-cloudflared-", "cf-int-"];
@@ -91,6 +96,7 @@ pub fn build_connect_request(head: &EyeballHead<'_>) -> Result<BuiltRequest, Met
         if n == "host"
             || HOP_BY_HOP.contains(&n)
             || EDGE_SET.contains(&n)
+            || ANSWERED_HERE.contains(&n)
             || INTERNAL_PREFIXES.iter().any(|p| n.starts_with(p))
             || connection_named.iter().any(|c| c == n)
         {
@@ -299,6 +305,7 @@ mod tests {
         h.insert("connection", "keep-alive, X-Secret".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("expect", "100-continue".parse().unwrap());
         h.insert("cf-ray", "spoofed".parse().unwrap());
         h.insert("cf-connecting-ip", "6.6.6.6".parse().unwrap());
         h.insert(
@@ -321,6 +328,7 @@ mod tests {
             "HttpHeader:Connection",
             "HttpHeader:X-Secret",
             "HttpHeader:Keep-Alive",
+            "HttpHeader:Expect",
             "HttpHeader:Host",
         ] {
             assert!(!keys.contains(&bad), "{bad}");

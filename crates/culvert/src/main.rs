@@ -11,7 +11,11 @@ use culvert_api::timefmt::{format_micros, parse_timestamp};
 use culvert_store::Store;
 
 #[derive(Parser)]
-#[command(name = "culvert", version, about = "Self-hosted, Cloudflare-Tunnel-compatible tunnels")]
+#[command(
+    name = "culvert",
+    version,
+    about = "Self-hosted, Cloudflare-Tunnel-compatible tunnels"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "CULVERT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -47,7 +51,12 @@ enum Command {
 #[derive(Args, Clone)]
 struct StoreArgs {
     /// Directory for the SQLite database, bootstrap.json and key material.
-    #[arg(long, env = "CULVERT_DATA_DIR", default_value = "./culvert-data", global = true)]
+    #[arg(
+        long,
+        env = "CULVERT_DATA_DIR",
+        default_value = "./culvert-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// `sqlite://PATH` or `postgres://…` (default: a SQLite file in the data dir).
     #[arg(long, env = "CULVERT_DATABASE_URL", global = true)]
@@ -170,7 +179,9 @@ enum TokenCommand {
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -212,48 +223,78 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         );
     }
     println!("culvert API listening on {}", running.api_url);
-    println!("culvert edge listening on {} (QUIC), public HTTP on {}", running.edge_addr, running.http_addr);
+    println!(
+        "culvert edge listening on {} (QUIC), public HTTP on {}",
+        running.edge_addr, running.http_addr
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await
 }
 
 fn parse_time_arg(flag: &str, v: Option<String>) -> Result<Option<i64>> {
-    v.map(|s| parse_timestamp(&s).with_context(|| format!("{flag}: {s:?} is not an RFC 3339 date-time")))
-        .transpose()
+    v.map(|s| {
+        parse_timestamp(&s).with_context(|| format!("{flag}: {s:?} is not an RFC 3339 date-time"))
+    })
+    .transpose()
 }
 
 async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
     let store = store.open().await?;
     match command {
-        AdminCommand::Account { command: AccountCommand::Create { name } } => {
+        AdminCommand::Account {
+            command: AccountCommand::Create { name },
+        } => {
             let a = store.create_account(&name).await?;
             println!("{}", serde_json::json!({"id": a.id, "name": a.name}));
         }
-        AdminCommand::Account { command: AccountCommand::List } => {
+        AdminCommand::Account {
+            command: AccountCommand::List,
+        } => {
             for a in store.list_accounts().await? {
                 println!("{}\t{}\t{}", a.id, format_micros(a.created_at), a.name);
             }
         }
         AdminCommand::Token {
-            command: TokenCommand::Create { account, permissions, name, expires_on, not_before },
+            command:
+                TokenCommand::Create {
+                    account,
+                    permissions,
+                    name,
+                    expires_on,
+                    not_before,
+                },
         } => {
             if store.get_account(&account).await?.is_none() {
                 bail!("no account {account}");
             }
             for p in &permissions {
                 if !PERMISSION_GROUPS.contains(&p.as_str()) {
-                    bail!("unknown permission group {p:?}; known groups: {}", PERMISSION_GROUPS.join(", "));
+                    bail!(
+                        "unknown permission group {p:?}; known groups: {}",
+                        PERMISSION_GROUPS.join(", ")
+                    );
                 }
             }
             let expires_on = parse_time_arg("--expires-on", expires_on)?;
             let not_before = parse_time_arg("--not-before", not_before)?;
-            let (t, secret) = server::create_token(&store, &account, &name, permissions, expires_on, not_before).await?;
-            println!("{}", serde_json::json!({"id": t.id, "account_id": t.account_id, "api_token": secret, "permissions": t.permissions}));
+            let (t, secret) =
+                server::create_token(&store, &account, &name, permissions, expires_on, not_before)
+                    .await?;
+            println!(
+                "{}",
+                serde_json::json!({"id": t.id, "account_id": t.account_id, "api_token": secret, "permissions": t.permissions})
+            );
         }
-        AdminCommand::Token { command: TokenCommand::List } => {
+        AdminCommand::Token {
+            command: TokenCommand::List,
+        } => {
             for t in store.list_api_tokens().await? {
-                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}",
                     t.id,
@@ -265,19 +306,28 @@ async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
                 );
             }
         }
-        AdminCommand::Zone { command: ZoneCommand::Create { domain, account } } => {
+        AdminCommand::Zone {
+            command: ZoneCommand::Create { domain, account },
+        } => {
             if store.get_account(&account).await?.is_none() {
                 bail!("no account {account}");
             }
             let z = store.create_zone(&account, &domain).await?;
-            println!("{}", serde_json::json!({"id": z.id, "name": z.name, "account_id": z.account_id}));
+            println!(
+                "{}",
+                serde_json::json!({"id": z.id, "name": z.name, "account_id": z.account_id})
+            );
         }
-        AdminCommand::Zone { command: ZoneCommand::List { account } } => {
+        AdminCommand::Zone {
+            command: ZoneCommand::List { account },
+        } => {
             for z in store.list_zones(account.as_deref()).await? {
                 println!("{}\t{}\t{}", z.id, z.account_id, z.name);
             }
         }
-        AdminCommand::Token { command: TokenCommand::Revoke { id } } => {
+        AdminCommand::Token {
+            command: TokenCommand::Revoke { id },
+        } => {
             store.revoke_api_token(&id).await?;
             println!("revoked {id}");
         }

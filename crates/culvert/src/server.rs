@@ -156,7 +156,8 @@ async fn bootstrap(store: &Store, api_url: &str) -> Result<Option<Bootstrap>> {
         return Ok(None);
     }
     let groups = PERMISSION_GROUPS.iter().map(|g| g.to_string()).collect();
-    let (_, secret) = create_token(store, &account.id, "bootstrap admin", groups, None, None).await?;
+    let (_, secret) =
+        create_token(store, &account.id, "bootstrap admin", groups, None, None).await?;
     Ok(Some(Bootstrap {
         account_id: account.id,
         api_token: secret,
@@ -256,7 +257,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let control: Arc<dyn EdgeControl> = edge.control();
     let mut token_extras = serde_json::Map::new();
     if !config.public_edge_address.is_empty() {
-        token_extras.insert("culvert_edge".into(), serde_json::json!(config.public_edge_address));
+        token_extras.insert(
+            "culvert_edge".into(),
+            serde_json::json!(config.public_edge_address),
+        );
         token_extras.insert("culvert_ca".into(), serde_json::json!(edge.ca_pem()));
     }
     let state = ApiState::new(

@@ -122,18 +122,29 @@ async fn names_unique_among_live(s: &TestServer) {
     // Rename onto a live name conflicts too.
     let other = s.create_tunnel("other").await;
     let (status, body) = call(
-        s.req(Method::PATCH, &s.acct(&format!("/cfd_tunnel/{}", other["id"].as_str().unwrap())))
-            .json(&json!({"name": "dup"})),
+        s.req(
+            Method::PATCH,
+            &s.acct(&format!("/cfd_tunnel/{}", other["id"].as_str().unwrap())),
+        )
+        .json(&json!({"name": "dup"})),
     )
     .await;
     assert_eq!((status, code(&body)), (409, 1013));
     // After a delete the name is free again.
-    let (status, _) = call(s.req(Method::DELETE, &s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap())))).await;
+    let (status, _) = call(s.req(
+        Method::DELETE,
+        &s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap())),
+    ))
+    .await;
     assert_eq!(status, 200);
     let again = s.create_tunnel("dup").await;
     assert_ne!(again["id"], t["id"]);
     // A warp connector may share a cfd tunnel's name (separate namespaces).
-    let (status, _) = call(s.req(Method::POST, &s.acct("/warp_connector")).json(&json!({"name": "dup"}))).await;
+    let (status, _) = call(
+        s.req(Method::POST, &s.acct("/warp_connector"))
+            .json(&json!({"name": "dup"})),
+    )
+    .await;
     assert_eq!(status, 200);
 }
 both_backends!(names_unique_among_live);
@@ -141,13 +152,26 @@ both_backends!(names_unique_among_live);
 async fn list_filters_and_pagination(s: &TestServer) {
     let mut ids = Vec::new();
     for i in 0..25 {
-        let name = if i % 2 == 0 { format!("even-{i:02}") } else { format!("odd-{i:02}") };
-        ids.push(s.create_tunnel(&name).await["id"].as_str().unwrap().to_string());
+        let name = if i % 2 == 0 {
+            format!("even-{i:02}")
+        } else {
+            format!("odd-{i:02}")
+        };
+        ids.push(
+            s.create_tunnel(&name).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     // Pages of 10: 10, 10, 5, then an empty page (never an error, never a repeat).
     let mut seen = Vec::new();
     for page in 1..=4 {
-        let (status, body) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel?per_page=10&page={page}")))).await;
+        let (status, body) = call(s.req(
+            Method::GET,
+            &s.acct(&format!("/cfd_tunnel?per_page=10&page={page}")),
+        ))
+        .await;
         assert_eq!(status, 200);
         let info = &body["result_info"];
         assert_eq!(info["page"], json!(page));
@@ -161,13 +185,24 @@ async fn list_filters_and_pagination(s: &TestServer) {
     }
     assert_eq!(seen, ids, "ordered by creation, no repeats");
     // The raw JSON has integer literals (cloudflared decodes into Go ints).
-    let raw = s.req(Method::GET, &s.acct("/cfd_tunnel")).send().await.unwrap().text().await.unwrap();
-    assert!(raw.contains(r#""per_page":20"#) && raw.contains(r#""total_count":25"#), "{raw}");
+    let raw = s
+        .req(Method::GET, &s.acct("/cfd_tunnel"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        raw.contains(r#""per_page":20"#) && raw.contains(r#""total_count":25"#),
+        "{raw}"
+    );
 
     let count = |q: &str| {
         let q = q.to_string();
         async move {
-            let (status, body) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel?{q}")))).await;
+            let (status, body) =
+                call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel?{q}")))).await;
             assert_eq!(status, 200, "{q}: {body}");
             body["result"].as_array().unwrap().len()
         }
@@ -187,14 +222,29 @@ async fn list_filters_and_pagination(s: &TestServer) {
     assert_eq!(count("is_deleted=false&per_page=100").await, 24);
     assert_eq!(count("is_deleted=true").await, 1);
     // existed_at: now → the 24 live ones; before everything → none.
-    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
-    assert_eq!(count(&format!("existed_at={}&per_page=100", urlencode(&now))).await, 24);
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert_eq!(
+        count(&format!("existed_at={}&per_page=100", urlencode(&now))).await,
+        24
+    );
     assert_eq!(count("existed_at=2001-01-01T00:00:00Z").await, 0);
     // Python SDK encodings: float page numbers, +00:00 offsets.
     assert_eq!(count("page=2.0&per_page=10.0").await, 10);
-    assert_eq!(count("was_inactive_at=2030-01-02T03%3A04%3A05%2B00%3A00&per_page=100").await, 25);
+    assert_eq!(
+        count("was_inactive_at=2030-01-02T03%3A04%3A05%2B00%3A00&per_page=100").await,
+        25
+    );
     // Bad values are 400s.
-    for q in ["per_page=0", "per_page=1001", "page=0", "status=bogus", "uuid=x", "is_deleted=perhaps"] {
+    for q in [
+        "per_page=0",
+        "per_page=1001",
+        "page=0",
+        "status=bogus",
+        "uuid=x",
+        "is_deleted=perhaps",
+    ] {
         let (status, body) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel?{q}")))).await;
         assert_eq!((status, code(&body)), (400, 1001), "{q}");
     }
@@ -223,7 +273,10 @@ async fn soft_delete_and_cascade(s: &TestServer) {
     // Live connections block a plain delete.
     let (status, body) = call(s.req(Method::DELETE, &path)).await;
     assert_eq!((status, code(&body)), (400, 1022));
-    assert_eq!(body["errors"][0]["message"], "Cannot delete tunnel because it has active connections");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "Cannot delete tunnel because it has active connections"
+    );
     // cascade=true removes them and deletes.
     let (status, body) = call(s.req(Method::DELETE, &format!("{path}?cascade=true"))).await;
     assert_eq!(status, 200);
@@ -243,8 +296,11 @@ async fn soft_delete_and_cascade(s: &TestServer) {
     // Delete accepts a body too (the spec declares one).
     let t2 = s.create_tunnel("with-body").await;
     let (status, _) = call(
-        s.req(Method::DELETE, &s.acct(&format!("/cfd_tunnel/{}", t2["id"].as_str().unwrap())))
-            .json(&json!({})),
+        s.req(
+            Method::DELETE,
+            &s.acct(&format!("/cfd_tunnel/{}", t2["id"].as_str().unwrap())),
+        )
+        .json(&json!({})),
     )
     .await;
     assert_eq!(status, 200);
@@ -257,18 +313,32 @@ async fn edit_rename_and_rotate(s: &TestServer) {
     let (status, body) = call(s.req(Method::PATCH, &path).json(&json!({"name": "after"}))).await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["name"], "after");
-    assert!(body["result"].get("token").is_none(), "no token without rotation");
+    assert!(
+        body["result"].get("token").is_none(),
+        "no token without rotation"
+    );
     let secret = STANDARD.encode([9u8; 40]);
-    let (status, body) = call(s.req(Method::PATCH, &path).json(&json!({"tunnel_secret": secret}))).await;
+    let (status, body) = call(
+        s.req(Method::PATCH, &path)
+            .json(&json!({"tunnel_secret": secret})),
+    )
+    .await;
     assert_eq!(status, 200);
     let new_token = body["result"]["token"].as_str().unwrap();
     assert_ne!(new_token, t["token"].as_str().unwrap());
-    assert_eq!(TunnelToken::decode(new_token).unwrap().secret, vec![9u8; 40]);
+    assert_eq!(
+        TunnelToken::decode(new_token).unwrap().secret,
+        vec![9u8; 40]
+    );
     let (_, tb) = call(s.req(Method::GET, &format!("{path}/token"))).await;
     assert_eq!(tb["result"], new_token);
     // Too-short and non-base64 secrets are refused.
     for bad in [STANDARD.encode([1u8; 16]), "not base64!".to_string()] {
-        let (status, body) = call(s.req(Method::PATCH, &path).json(&json!({"tunnel_secret": bad}))).await;
+        let (status, body) = call(
+            s.req(Method::PATCH, &path)
+                .json(&json!({"tunnel_secret": bad})),
+        )
+        .await;
         assert_eq!((status, code(&body)), (400, 1001));
     }
     // An empty patch changes nothing.
@@ -280,7 +350,10 @@ both_backends!(edit_rename_and_rotate);
 
 async fn configurations(s: &TestServer) {
     let t = s.create_tunnel("cfg").await;
-    let path = s.acct(&format!("/cfd_tunnel/{}/configurations", t["id"].as_str().unwrap()));
+    let path = s.acct(&format!(
+        "/cfd_tunnel/{}/configurations",
+        t["id"].as_str().unwrap()
+    ));
     let (status, body) = call(s.req(Method::GET, &path)).await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["version"], 0);
@@ -306,7 +379,11 @@ async fn configurations(s: &TestServer) {
     assert!(is_rfc3339_micros(&r["created_at"]));
     // The tunnel was local; a remote configuration makes it remotely managed.
     assert_eq!(t["config_src"], "local");
-    let (_, got) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap())))).await;
+    let (_, got) = call(s.req(
+        Method::GET,
+        &s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap())),
+    ))
+    .await;
     assert_eq!(got["result"]["config_src"], "cloudflare");
     assert_eq!(got["result"]["remote_config"], true);
     // Invalid configurations: 400 / 1056 with cloudflared's message; the version stays.
@@ -323,7 +400,11 @@ async fn configurations(s: &TestServer) {
     let (_, body) = call(s.req(Method::GET, &path)).await;
     assert_eq!(body["result"]["version"], 1);
     // The next good PUT is version 2.
-    let (status, body) = call(s.req(Method::PUT, &path).json(&json!({"config": {"ingress": [{"service": "hello_world"}]}}))).await;
+    let (status, body) = call(
+        s.req(Method::PUT, &path)
+            .json(&json!({"config": {"ingress": [{"service": "hello_world"}]}})),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["version"], 2);
 }
@@ -348,15 +429,24 @@ async fn connections_registry(s: &TestServer) {
     assert!(got["result"]["conns_inactive_at"].is_null());
     register(s, id, b, 0).await;
     let (_, got) = call(s.req(Method::GET, &tpath)).await;
-    assert_eq!(got["result"]["status"], "degraded", "connector b has 1 of 4");
+    assert_eq!(
+        got["result"]["status"], "degraded",
+        "connector b has 1 of 4"
+    );
 
     let (_, body) = call(s.req(Method::GET, &format!("{tpath}/connections"))).await;
     let connectors = body["result"].as_array().unwrap();
     assert_eq!(connectors.len(), 2);
-    let ca = connectors.iter().find(|c| c["id"] == a.to_string()).unwrap();
+    let ca = connectors
+        .iter()
+        .find(|c| c["id"] == a.to_string())
+        .unwrap();
     assert_eq!(ca["arch"], "linux_amd64");
     assert_eq!(ca["version"], "2024.1.0");
-    assert_eq!(ca["features"], json!(["serialized_headers", "management_logs"]));
+    assert_eq!(
+        ca["features"],
+        json!(["serialized_headers", "management_logs"])
+    );
     assert_eq!(ca["config_version"], 0);
     assert!(is_rfc3339_micros(&ca["run_at"]));
     let conns = ca["conns"].as_array().unwrap();
@@ -374,7 +464,11 @@ async fn connections_registry(s: &TestServer) {
     let (status, one) = call(s.req(Method::GET, &format!("{tpath}/connectors/{a}"))).await;
     assert_eq!(status, 200);
     assert_eq!(one["result"]["id"], a.to_string());
-    let (status, body) = call(s.req(Method::GET, &format!("{tpath}/connectors/{}", Uuid::new_v4()))).await;
+    let (status, body) = call(s.req(
+        Method::GET,
+        &format!("{tpath}/connectors/{}", Uuid::new_v4()),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (404, 1004));
     // Config version reported by a connector shows up.
     s.store().set_config_version(id, a, 3).await.unwrap();
@@ -382,7 +476,11 @@ async fn connections_registry(s: &TestServer) {
     assert_eq!(one["result"]["config_version"], 3);
 
     // Clean up one connector, then all.
-    let (status, body) = call(s.req(Method::DELETE, &format!("{tpath}/connections?client_id={b}"))).await;
+    let (status, body) = call(s.req(
+        Method::DELETE,
+        &format!("{tpath}/connections?client_id={b}"),
+    ))
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["result"], json!({}));
     let (_, body) = call(s.req(Method::GET, &format!("{tpath}/connections"))).await;
@@ -395,8 +493,15 @@ async fn connections_registry(s: &TestServer) {
     assert_eq!(got["result"]["status"], "down");
     assert!(got["result"]["conns_active_at"].is_null());
     assert!(is_rfc3339_micros(&got["result"]["conns_inactive_at"]));
-    assert_ne!(got["result"]["conns_inactive_at"], got["result"]["created_at"]);
-    let (status, body) = call(s.req(Method::DELETE, &format!("{tpath}/connections?client_id=nope"))).await;
+    assert_ne!(
+        got["result"]["conns_inactive_at"],
+        got["result"]["created_at"]
+    );
+    let (status, body) = call(s.req(
+        Method::DELETE,
+        &format!("{tpath}/connections?client_id=nope"),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (400, 1001));
 }
 both_backends!(connections_registry);
@@ -405,16 +510,25 @@ fn jwt_parts(jwt: &str) -> (Value, Value) {
     let mut p = jwt.split('.');
     let h = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
     let c = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
-    (serde_json::from_slice(&h).unwrap(), serde_json::from_slice(&c).unwrap())
+    (
+        serde_json::from_slice(&h).unwrap(),
+        serde_json::from_slice(&c).unwrap(),
+    )
 }
 
 async fn management_tokens(s: &TestServer) {
     let t = s.create_tunnel("mgmt").await;
     let id = t["id"].as_str().unwrap();
     let path = s.acct(&format!("/cfd_tunnel/{id}/management"));
-    let keys = culvert_api::ManagementKeys::load_or_create(s.store()).await.unwrap();
+    let keys = culvert_api::ManagementKeys::load_or_create(s.store())
+        .await
+        .unwrap();
     let now = now_micros() / 1_000_000;
-    let (status, body) = call(s.req(Method::POST, &path).json(&json!({"resources": ["logs"]}))).await;
+    let (status, body) = call(
+        s.req(Method::POST, &path)
+            .json(&json!({"resources": ["logs"]})),
+    )
+    .await;
     assert_eq!(status, 200);
     let jwt = body["result"].as_str().unwrap();
     let (header, claims) = jwt_parts(jwt);
@@ -426,7 +540,10 @@ async fn management_tokens(s: &TestServer) {
     assert_eq!(claims["iss"], "tunnelstore");
     assert_eq!(claims["actor"]["support"], false);
     assert!(!claims["actor"]["id"].as_str().unwrap().is_empty());
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
     // Signed by the key the store holds.
     let verified = keys.verify(jwt, now).unwrap();
     assert_eq!(verified.tun.id, id);
@@ -438,23 +555,36 @@ async fn management_tokens(s: &TestServer) {
     for res in ["logs", "admin", "host_details"] {
         let (status, body) = call(s.req(Method::POST, &format!("{path}/{res}"))).await;
         assert_eq!(status, 200);
-        assert_eq!(jwt_parts(body["result"].as_str().unwrap()).1["res"], json!([res]));
+        assert_eq!(
+            jwt_parts(body["result"].as_str().unwrap()).1["res"],
+            json!([res])
+        );
     }
     let (status, body) = call(s.req(Method::POST, &format!("{path}/everything"))).await;
     assert_eq!((status, code(&body)), (400, 1001));
     let (status, body) = call(s.req(Method::POST, &path).json(&json!({"resources": []}))).await;
     assert_eq!((status, code(&body)), (400, 1001));
-    let (status, body) = call(s.req(Method::POST, &path).json(&json!({"resources": "logs"}))).await;
+    let (status, body) = call(
+        s.req(Method::POST, &path)
+            .json(&json!({"resources": "logs"})),
+    )
+    .await;
     assert_eq!((status, code(&body)), (400, 1030));
     // The key survives a restart: the same store, the same key.
-    let again = culvert_api::ManagementKeys::load_or_create(s.store()).await.unwrap();
+    let again = culvert_api::ManagementKeys::load_or_create(s.store())
+        .await
+        .unwrap();
     assert_eq!(again.public_key(), keys.public_key());
 }
 both_backends!(management_tokens);
 
 async fn all_tunnels_and_warp(s: &TestServer) {
     s.create_tunnel("cfd-1").await;
-    let (status, body) = call(s.req(Method::POST, &s.acct("/warp_connector")).json(&json!({"name": "warp-1", "ha": true}))).await;
+    let (status, body) = call(
+        s.req(Method::POST, &s.acct("/warp_connector"))
+            .json(&json!({"name": "warp-1", "ha": true})),
+    )
+    .await;
     assert_eq!(status, 200);
     let w = body["result"].clone();
     assert_eq!(w["tun_type"], "warp_connector");
@@ -463,11 +593,21 @@ async fn all_tunnels_and_warp(s: &TestServer) {
     let n = |q: &'static str| async move {
         let (status, body) = call(s.req(Method::GET, &s.acct(&format!("/tunnels{q}")))).await;
         assert_eq!(status, 200, "{q}");
-        body["result"].as_array().unwrap().iter().map(|t| t["tun_type"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        body["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tun_type"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
     assert_eq!(n("").await.len(), 2);
     assert_eq!(n("?tun_types=cfd_tunnel,warp_connector").await.len(), 2);
-    assert_eq!(n("?tun_types=cfd_tunnel&tun_types=warp_connector").await.len(), 2);
+    assert_eq!(
+        n("?tun_types=cfd_tunnel&tun_types=warp_connector")
+            .await
+            .len(),
+        2
+    );
     assert_eq!(n("?tun_types=warp_connector").await, vec!["warp_connector"]);
     assert_eq!(n("?tun_types=cfd_tunnel").await, vec!["cfd_tunnel"]);
     assert_eq!(n("?tun_types=ip_sec").await.len(), 0);
@@ -481,12 +621,27 @@ async fn all_tunnels_and_warp(s: &TestServer) {
     // Warp get/edit/token/connections/delete; a warp id is not a cfd tunnel.
     let wpath = s.acct(&format!("/warp_connector/{wid}"));
     assert_eq!(call(s.req(Method::GET, &wpath)).await.0, 200);
-    assert_eq!(call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{wid}")))).await.0, 404);
-    let (_, body) = call(s.req(Method::PATCH, &wpath).json(&json!({"name": "warp-renamed"}))).await;
+    assert_eq!(
+        call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{wid}"))))
+            .await
+            .0,
+        404
+    );
+    let (_, body) = call(
+        s.req(Method::PATCH, &wpath)
+            .json(&json!({"name": "warp-renamed"})),
+    )
+    .await;
     assert_eq!(body["result"]["name"], "warp-renamed");
     let (status, body) = call(s.req(Method::GET, &format!("{wpath}/token"))).await;
     assert_eq!(status, 200);
-    assert_eq!(TunnelToken::decode(body["result"].as_str().unwrap()).unwrap().tunnel_id.to_string(), wid);
+    assert_eq!(
+        TunnelToken::decode(body["result"].as_str().unwrap())
+            .unwrap()
+            .tunnel_id
+            .to_string(),
+        wid
+    );
     let (_, body) = call(s.req(Method::GET, &format!("{wpath}/connections"))).await;
     assert_eq!(body["result"], json!([]));
     let (status, body) = call(s.req(Method::DELETE, &wpath)).await;
@@ -509,44 +664,141 @@ async fn authentication_and_permissions(s: &TestServer) {
     assert_eq!((status, code(&body)), (401, 10000));
     // Read-only token: reads work, writes and GET …/token do not.
     let read = s.token_with(&[TUNNEL_READ]).await;
-    assert_eq!(call(s.req_as(&read, Method::GET, &s.acct("/cfd_tunnel"))).await.0, 200);
-    let (status, body) = call(s.req_as(&read, Method::POST, &s.acct("/cfd_tunnel")).json(&json!({"name": "nope"}))).await;
+    assert_eq!(
+        call(s.req_as(&read, Method::GET, &s.acct("/cfd_tunnel")))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = call(
+        s.req_as(&read, Method::POST, &s.acct("/cfd_tunnel"))
+            .json(&json!({"name": "nope"})),
+    )
+    .await;
     assert_eq!((status, code(&body)), (403, 10000));
     let t = s.create_tunnel("perm").await;
     let tpath = s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap()));
     assert_eq!(call(s.req_as(&read, Method::GET, &tpath)).await.0, 200);
-    assert_eq!(call(s.req_as(&read, Method::GET, &format!("{tpath}/token"))).await.0, 403);
+    assert_eq!(
+        call(s.req_as(&read, Method::GET, &format!("{tpath}/token")))
+            .await
+            .0,
+        403
+    );
     // A WARP-only token cannot read cfd tunnels but can read warp connectors.
     let warp = s.token_with(&[WARP_READ]).await;
-    assert_eq!(call(s.req_as(&warp, Method::GET, &s.acct("/cfd_tunnel"))).await.0, 403);
-    assert_eq!(call(s.req_as(&warp, Method::GET, &s.acct("/warp_connector"))).await.0, 200);
-    assert_eq!(call(s.req_as(&warp, Method::GET, &s.acct("/tunnels"))).await.0, 403);
+    assert_eq!(
+        call(s.req_as(&warp, Method::GET, &s.acct("/cfd_tunnel")))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(s.req_as(&warp, Method::GET, &s.acct("/warp_connector")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(s.req_as(&warp, Method::GET, &s.acct("/tunnels")))
+            .await
+            .0,
+        403
+    );
     // Another account's paths.
     let other = s.store().create_account("other").await.unwrap();
-    let (status, body) = call(s.req(Method::GET, &format!("/accounts/{}/cfd_tunnel", other.id))).await;
+    let (status, body) =
+        call(s.req(Method::GET, &format!("/accounts/{}/cfd_tunnel", other.id))).await;
     assert_eq!((status, code(&body)), (403, 9109));
     // Another account's tunnel id under our own account: not found.
     let (other_token, _) = {
-        let (tok, secret) = culvert::server::create_token(s.store(), &other.id, "o", vec![TUNNEL_WRITE.into()], None, None).await.unwrap();
+        let (tok, secret) = culvert::server::create_token(
+            s.store(),
+            &other.id,
+            "o",
+            vec![TUNNEL_WRITE.into()],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         (secret, tok)
     };
-    let (_, ot) = call(s.req_as(&other_token, Method::POST, &format!("/accounts/{}/cfd_tunnel", other.id)).json(&json!({"name": "theirs"}))).await;
-    let (status, _) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{}", ot["result"]["id"].as_str().unwrap())))).await;
+    let (_, ot) = call(
+        s.req_as(
+            &other_token,
+            Method::POST,
+            &format!("/accounts/{}/cfd_tunnel", other.id),
+        )
+        .json(&json!({"name": "theirs"})),
+    )
+    .await;
+    let (status, _) = call(s.req(
+        Method::GET,
+        &s.acct(&format!(
+            "/cfd_tunnel/{}",
+            ot["result"]["id"].as_str().unwrap()
+        )),
+    ))
+    .await;
     assert_eq!(status, 404);
     // Unknown and malformed account ids: 7003 + 7000.
     for acct in ["0123456789abcdef0123456789abcdef", "not-an-account"] {
-        let (status, body) = call(s.req(Method::GET, &format!("/accounts/{acct}/cfd_tunnel"))).await;
+        let (status, body) =
+            call(s.req(Method::GET, &format!("/accounts/{acct}/cfd_tunnel"))).await;
         assert_eq!((status, code(&body)), (404, 7003), "{acct}");
         assert_eq!(body["errors"][1]["code"], 7000);
     }
     // Revoked and expired tokens.
-    let (tok, secret) = culvert::server::create_token(s.store(), &s.account, "r", vec![TUNNEL_READ.into()], None, None).await.unwrap();
+    let (tok, secret) = culvert::server::create_token(
+        s.store(),
+        &s.account,
+        "r",
+        vec![TUNNEL_READ.into()],
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     s.store().revoke_api_token(&tok.id).await.unwrap();
-    assert_eq!(call(s.req_as(&secret, Method::GET, &s.acct("/cfd_tunnel"))).await.0, 401);
-    let (_, expired) = culvert::server::create_token(s.store(), &s.account, "e", vec![TUNNEL_READ.into()], Some(now_micros() - 1), None).await.unwrap();
-    assert_eq!(call(s.req_as(&expired, Method::GET, &s.acct("/cfd_tunnel"))).await.0, 401);
-    let (_, early) = culvert::server::create_token(s.store(), &s.account, "nb", vec![TUNNEL_READ.into()], None, Some(now_micros() + 3_600_000_000)).await.unwrap();
-    assert_eq!(call(s.req_as(&early, Method::GET, &s.acct("/cfd_tunnel"))).await.0, 401);
+    assert_eq!(
+        call(s.req_as(&secret, Method::GET, &s.acct("/cfd_tunnel")))
+            .await
+            .0,
+        401
+    );
+    let (_, expired) = culvert::server::create_token(
+        s.store(),
+        &s.account,
+        "e",
+        vec![TUNNEL_READ.into()],
+        Some(now_micros() - 1),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        call(s.req_as(&expired, Method::GET, &s.acct("/cfd_tunnel")))
+            .await
+            .0,
+        401
+    );
+    let (_, early) = culvert::server::create_token(
+        s.store(),
+        &s.account,
+        "nb",
+        vec![TUNNEL_READ.into()],
+        None,
+        Some(now_micros() + 3_600_000_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        call(s.req_as(&early, Method::GET, &s.acct("/cfd_tunnel")))
+            .await
+            .0,
+        401
+    );
 
     // Legacy global key.
     let key = "0123456789abcdef0123456789abcdef01234";
@@ -566,9 +818,21 @@ async fn authentication_and_permissions(s: &TestServer) {
         })
         .await
         .unwrap();
-    let (status, _) = call(s.client.get(&list).header("x-auth-email", "ops@example.com").header("x-auth-key", key)).await;
+    let (status, _) = call(
+        s.client
+            .get(&list)
+            .header("x-auth-email", "ops@example.com")
+            .header("x-auth-key", key),
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, body) = call(s.client.get(&list).header("x-auth-email", "ops@example.com").header("x-auth-key", "wrong")).await;
+    let (status, body) = call(
+        s.client
+            .get(&list)
+            .header("x-auth-email", "ops@example.com")
+            .header("x-auth-key", "wrong"),
+    )
+    .await;
     assert_eq!((status, code(&body)), (401, 9103));
 }
 both_backends!(authentication_and_permissions);
@@ -581,16 +845,34 @@ async fn token_verification(s: &TestServer) {
     assert!(body["result"].get("expires_on").is_none());
     let (status, body) = call(s.req(Method::GET, &s.acct("/tokens/verify"))).await;
     assert_eq!(status, 200, "{body}");
-    let (_, exp) = culvert::server::create_token(s.store(), &s.account, "x", vec![TUNNEL_READ.into()], Some(now_micros() + 60_000_000), None).await.unwrap();
+    let (_, exp) = culvert::server::create_token(
+        s.store(),
+        &s.account,
+        "x",
+        vec![TUNNEL_READ.into()],
+        Some(now_micros() + 60_000_000),
+        None,
+    )
+    .await
+    .unwrap();
     let (_, body) = call(s.req_as(&exp, Method::GET, "/user/tokens/verify")).await;
     assert!(is_rfc3339_micros(&body["result"]["expires_on"]));
-    for bad in [s.client.get(s.url("/user/tokens/verify")).bearer_auth("bogus"), s.client.get(s.url("/user/tokens/verify"))] {
+    for bad in [
+        s.client
+            .get(s.url("/user/tokens/verify"))
+            .bearer_auth("bogus"),
+        s.client.get(s.url("/user/tokens/verify")),
+    ] {
         let (status, body) = call(bad).await;
         assert_eq!((status, code(&body)), (401, 1000));
         assert_eq!(body["errors"][0]["message"], "Invalid API Token");
     }
     let other = s.store().create_account("x").await.unwrap();
-    let (status, _) = call(s.req(Method::GET, &format!("/accounts/{}/tokens/verify", other.id))).await;
+    let (status, _) = call(s.req(
+        Method::GET,
+        &format!("/accounts/{}/tokens/verify", other.id),
+    ))
+    .await;
     assert_eq!(status, 401);
 }
 both_backends!(token_verification);
@@ -598,11 +880,28 @@ both_backends!(token_verification);
 async fn bad_input(s: &TestServer) {
     let create = s.acct("/cfd_tunnel");
     // Malformed JSON.
-    let (status, body) = call(s.req(Method::POST, &create).header("content-type", "application/json").body("{\"name\": ")).await;
+    let (status, body) = call(
+        s.req(Method::POST, &create)
+            .header("content-type", "application/json")
+            .body("{\"name\": "),
+    )
+    .await;
     assert_eq!((status, code(&body)), (400, 1030));
-    assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("Could not parse input. Json deserialize error: "));
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Could not parse input. Json deserialize error: ")
+    );
     // Wrong types and missing fields.
-    for b in [json!({"name": 5}), json!({}), json!([1]), json!({"name": "x", "metadata": "m"}), json!({"name": "x", "config_src": "elsewhere"}), json!({"name": ""})] {
+    for b in [
+        json!({"name": 5}),
+        json!({}),
+        json!([1]),
+        json!({"name": "x", "metadata": "m"}),
+        json!({"name": "x", "config_src": "elsewhere"}),
+        json!({"name": ""}),
+    ] {
         let (status, body) = call(s.req(Method::POST, &create).json(&b)).await;
         assert_eq!(status, 400, "{b}");
         assert!([1001, 1030].contains(&(code(&body) as i32)), "{b}: {body}");
@@ -615,15 +914,30 @@ async fn bad_input(s: &TestServer) {
     let (_, list) = call(s.req(Method::GET, &create)).await;
     assert_eq!(list["result_info"]["total_count"], 0);
     // Invalid UUIDs in the path.
-    for p in ["/cfd_tunnel/not-a-uuid", "/cfd_tunnel/not-a-uuid/token", "/warp_connector/123"] {
+    for p in [
+        "/cfd_tunnel/not-a-uuid",
+        "/cfd_tunnel/not-a-uuid/token",
+        "/warp_connector/123",
+    ] {
         let (status, body) = call(s.req(Method::GET, &s.acct(p))).await;
         assert_eq!((status, code(&body)), (404, 7003), "{p}");
     }
     let t = s.create_tunnel("bad-input").await;
-    let (status, body) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{}/connectors/xyz", t["id"].as_str().unwrap())))).await;
+    let (status, body) = call(s.req(
+        Method::GET,
+        &s.acct(&format!(
+            "/cfd_tunnel/{}/connectors/xyz",
+            t["id"].as_str().unwrap()
+        )),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (404, 7003));
     // Unknown tunnel.
-    let (status, body) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{}", Uuid::new_v4())))).await;
+    let (status, body) = call(s.req(
+        Method::GET,
+        &s.acct(&format!("/cfd_tunnel/{}", Uuid::new_v4())),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (404, 1003));
     // Unknown routes and methods.
     for p in ["/nope", "/accounts", "/accounts/x/y/z/w/v"] {
@@ -650,16 +964,37 @@ async fn openapi_lists_every_route(s: &TestServer) {
         assert_eq!(item["operationId"], op.operation_id, "{path}");
         for seg in op.path.split('/').filter(|s| s.starts_with('{')) {
             let name = seg.trim_matches(|c| c == '{' || c == '}');
-            assert!(item["parameters"].as_array().unwrap().iter().any(|p| p["name"] == name && p["in"] == "path"), "{path} {name}");
+            assert!(
+                item["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == name && p["in"] == "path"),
+                "{path} {name}"
+            );
         }
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for name in ["TunnelView", "ConnectorView", "ConfigView", "CreateTunnelBody", "ErrorEnvelope"] {
+    for name in [
+        "TunnelView",
+        "ConnectorView",
+        "ConfigView",
+        "CreateTunnelBody",
+        "ErrorEnvelope",
+    ] {
         assert!(schemas.contains_key(name), "{name}");
     }
     let list = &paths[&format!("{}/accounts/{{account_id}}/cfd_tunnel", culvert_api::BASE)]["get"];
     for q in culvert_api::query::LIST_PARAMS {
-        assert!(list["parameters"].as_array().unwrap().iter().any(|p| p["name"] == q.name), "{}", q.name);
+        assert!(
+            list["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == q.name),
+            "{}",
+            q.name
+        );
     }
 }
 both_backends!(openapi_lists_every_route);
@@ -669,77 +1004,201 @@ async fn restart_keeps_data_and_files_are_private() {
     let mut s = TestServer::start(common::Backend::Sqlite).await;
     let data = s.dir.path().join("data");
     for f in ["bootstrap.json", "culvert.db"] {
-        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
-    let boot: Value = serde_json::from_slice(&std::fs::read(data.join("bootstrap.json")).unwrap()).unwrap();
+    let boot: Value =
+        serde_json::from_slice(&std::fs::read(data.join("bootstrap.json")).unwrap()).unwrap();
     assert_eq!(boot["account_id"], s.account.as_str());
     assert_eq!(boot["api_token"], s.token.as_str());
     assert_eq!(boot["api_url"], s.base.as_str());
     let t = s.create_tunnel("persisted").await;
     let cfg = json!({"config": {"ingress": [{"service": "http_status:404"}]}});
-    call(s.req(Method::PUT, &s.acct(&format!("/cfd_tunnel/{}/configurations", t["id"].as_str().unwrap()))).json(&cfg)).await;
+    call(
+        s.req(
+            Method::PUT,
+            &s.acct(&format!(
+                "/cfd_tunnel/{}/configurations",
+                t["id"].as_str().unwrap()
+            )),
+        )
+        .json(&cfg),
+    )
+    .await;
     s.restart().await;
-    let (status, got) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap())))).await;
+    let (status, got) = call(s.req(
+        Method::GET,
+        &s.acct(&format!("/cfd_tunnel/{}", t["id"].as_str().unwrap())),
+    ))
+    .await;
     assert_eq!(status, 200, "the bootstrap token and the tunnel survive");
     assert_eq!(got["result"]["name"], "persisted");
-    let (_, c) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{}/configurations", t["id"].as_str().unwrap())))).await;
+    let (_, c) = call(s.req(
+        Method::GET,
+        &s.acct(&format!(
+            "/cfd_tunnel/{}/configurations",
+            t["id"].as_str().unwrap()
+        )),
+    ))
+    .await;
     assert_eq!(c["result"]["version"], 1);
     s.stop().await;
 }
 
 async fn zone_routes(s: &TestServer) {
-    let zone = s.store().create_zone(&s.account, "Example.COM.").await.unwrap();
+    let zone = s
+        .store()
+        .create_zone(&s.account, "Example.COM.")
+        .await
+        .unwrap();
     assert_eq!(zone.name, "example.com");
-    let sub = s.store().create_zone(&s.account, "dev.example.org").await.unwrap();
+    let sub = s
+        .store()
+        .create_zone(&s.account, "dev.example.org")
+        .await
+        .unwrap();
     let t = s.create_tunnel("routed").await;
     let u = s.create_tunnel("other-routed").await;
     let put = |zone_id: &str, tunnel: &Value, body: Value| {
-        s.req(Method::PUT, &format!("/zones/{zone_id}/tunnels/{}/routes", tunnel["id"].as_str().unwrap()))
-            .json(&body)
+        s.req(
+            Method::PUT,
+            &format!(
+                "/zones/{zone_id}/tunnels/{}/routes",
+                tunnel["id"].as_str().unwrap()
+            ),
+        )
+        .json(&body)
     };
     // What `cloudflared tunnel route dns` sends.
-    let (status, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": false}))).await;
+    let (status, body) = call(put(
+        &zone.id,
+        &t,
+        json!({"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": false}),
+    ))
+    .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["result"], json!({"cname": "new", "name": "app.example.com"}));
-    let (_, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "APP.example.com."}))).await;
+    assert_eq!(
+        body["result"],
+        json!({"cname": "new", "name": "app.example.com"})
+    );
+    let (_, body) = call(put(
+        &zone.id,
+        &t,
+        json!({"type": "dns", "user_hostname": "APP.example.com."}),
+    ))
+    .await;
     assert_eq!(body["result"]["cname"], "unchanged");
     // A bare label is qualified with the zone.
-    let (_, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "www"}))).await;
+    let (_, body) = call(put(
+        &zone.id,
+        &t,
+        json!({"type": "dns", "user_hostname": "www"}),
+    ))
+    .await;
     assert_eq!(body["result"]["name"], "www.example.com");
     // Another zone of the same account is found for a full name.
-    let (_, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "api.dev.example.org"}))).await;
+    let (_, body) = call(put(
+        &zone.id,
+        &t,
+        json!({"type": "dns", "user_hostname": "api.dev.example.org"}),
+    ))
+    .await;
     assert_eq!(body["result"]["name"], "api.dev.example.org");
     let _ = sub;
     // Outside every zone of the account.
-    let (status, body) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "evil.example.net"}))).await;
+    let (status, body) = call(put(
+        &zone.id,
+        &t,
+        json!({"type": "dns", "user_hostname": "evil.example.net"}),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (400, 1001));
     // Taken by another tunnel: refused unless overwrite_existing.
-    let (status, body) = call(put(&zone.id, &u, json!({"type": "dns", "user_hostname": "app.example.com"}))).await;
+    let (status, body) = call(put(
+        &zone.id,
+        &u,
+        json!({"type": "dns", "user_hostname": "app.example.com"}),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (409, 81053));
-    let (status, body) = call(put(&zone.id, &u, json!({"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": true}))).await;
+    let (status, body) = call(put(
+        &zone.id,
+        &u,
+        json!({"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": true}),
+    ))
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["cname"], "new");
-    let route = s.store().find_route("app.example.com").await.unwrap().unwrap();
+    let route = s
+        .store()
+        .find_route("app.example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(route.tunnel_id.to_string(), u["id"].as_str().unwrap());
     // Load-balancer routes, bad hostnames, unknown zones and tunnels.
-    let (status, _) = call(put(&zone.id, &t, json!({"type": "lb", "lb_name": "x", "lb_pool": "y"}))).await;
+    let (status, _) = call(put(
+        &zone.id,
+        &t,
+        json!({"type": "lb", "lb_name": "x", "lb_pool": "y"}),
+    ))
+    .await;
     assert_eq!(status, 400);
-    let (status, _) = call(put(&zone.id, &t, json!({"type": "dns", "user_hostname": "bad host"}))).await;
+    let (status, _) = call(put(
+        &zone.id,
+        &t,
+        json!({"type": "dns", "user_hostname": "bad host"}),
+    ))
+    .await;
     assert_eq!(status, 400);
-    let (status, body) = call(put("0123456789abcdef0123456789abcdef", &t, json!({"type": "dns", "user_hostname": "a"}))).await;
+    let (status, body) = call(put(
+        "0123456789abcdef0123456789abcdef",
+        &t,
+        json!({"type": "dns", "user_hostname": "a"}),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (404, 7003));
     let ghost = json!({"id": Uuid::new_v4().to_string()});
-    let (status, _) = call(put(&zone.id, &ghost, json!({"type": "dns", "user_hostname": "b"}))).await;
+    let (status, _) = call(put(
+        &zone.id,
+        &ghost,
+        json!({"type": "dns", "user_hostname": "b"}),
+    ))
+    .await;
     assert_eq!(status, 404);
     // Another account's zone is not ours to route in.
     let other = s.store().create_account("z").await.unwrap();
-    let theirs = s.store().create_zone(&other.id, "their.example").await.unwrap();
-    let (status, body) = call(put(&theirs.id, &t, json!({"type": "dns", "user_hostname": "x"}))).await;
+    let theirs = s
+        .store()
+        .create_zone(&other.id, "their.example")
+        .await
+        .unwrap();
+    let (status, body) = call(put(
+        &theirs.id,
+        &t,
+        json!({"type": "dns", "user_hostname": "x"}),
+    ))
+    .await;
     assert_eq!((status, code(&body)), (403, 9109));
     // A read-only token cannot route.
     let read = s.token_with(&[TUNNEL_READ]).await;
-    let (status, _) = call(s.req_as(&read, Method::PUT, &format!("/zones/{}/tunnels/{}/routes", zone.id, t["id"].as_str().unwrap())).json(&json!({"type": "dns", "user_hostname": "r"}))).await;
+    let (status, _) = call(
+        s.req_as(
+            &read,
+            Method::PUT,
+            &format!(
+                "/zones/{}/tunnels/{}/routes",
+                zone.id,
+                t["id"].as_str().unwrap()
+            ),
+        )
+        .json(&json!({"type": "dns", "user_hostname": "r"})),
+    )
+    .await;
     assert_eq!(status, 403);
 }
 both_backends!(zone_routes);

@@ -14,11 +14,18 @@ struct Proc {
 
 fn spawn(data_dir: &std::path::Path, database_url: Option<&str>) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_culvert"));
-    cmd.args(["server", "--api-listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("CULVERT_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "server",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "warn",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .env_remove("CULVERT_DATABASE_URL")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
     }
@@ -40,7 +47,8 @@ async fn scenario(database_url: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut first = spawn(&data, database_url.as_deref());
-    let boot: Value = serde_json::from_slice(&std::fs::read(data.join("bootstrap.json")).unwrap()).unwrap();
+    let boot: Value =
+        serde_json::from_slice(&std::fs::read(data.join("bootstrap.json")).unwrap()).unwrap();
     let account = boot["account_id"].as_str().unwrap().to_string();
     let token = boot["api_token"].as_str().unwrap().to_string();
     let client = reqwest::Client::new();
@@ -49,9 +57,19 @@ async fn scenario(database_url: Option<String>) {
     let mut acknowledged = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..40 {
-        let (client, url, token) = (client.clone(), format!("{}/accounts/{account}/cfd_tunnel", first.api_url), token.clone());
+        let (client, url, token) = (
+            client.clone(),
+            format!("{}/accounts/{account}/cfd_tunnel", first.api_url),
+            token.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let resp = client.post(url).bearer_auth(token).json(&json!({"name": format!("durable-{i}")})).send().await.ok()?;
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"name": format!("durable-{i}")}))
+                .send()
+                .await
+                .ok()?;
             (resp.status() == 200).then_some(())?;
             let body: Value = resp.json().await.ok()?;
             Some(body["result"]["id"].as_str()?.to_string())
@@ -64,8 +82,17 @@ async fn scenario(database_url: Option<String>) {
     }
     assert_eq!(acknowledged.len(), 40);
     // A configuration write too.
-    let cfg_url = format!("{}/accounts/{account}/cfd_tunnel/{}/configurations", first.api_url, acknowledged[0]);
-    let resp = client.put(&cfg_url).bearer_auth(&token).json(&json!({"config": {"ingress": [{"service": "http_status:404"}]}})).send().await.unwrap();
+    let cfg_url = format!(
+        "{}/accounts/{account}/cfd_tunnel/{}/configurations",
+        first.api_url, acknowledged[0]
+    );
+    let resp = client
+        .put(&cfg_url)
+        .bearer_auth(&token)
+        .json(&json!({"config": {"ingress": [{"service": "http_status:404"}]}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 
     first.child.kill().unwrap(); // SIGKILL: no shutdown path runs.
@@ -73,11 +100,30 @@ async fn scenario(database_url: Option<String>) {
 
     let mut second = spawn(&data, database_url.as_deref());
     for id in &acknowledged {
-        let resp = client.get(format!("{}/accounts/{account}/cfd_tunnel/{id}", second.api_url)).bearer_auth(&token).send().await.unwrap();
+        let resp = client
+            .get(format!(
+                "{}/accounts/{account}/cfd_tunnel/{id}",
+                second.api_url
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "tunnel {id} lost after kill -9");
     }
-    let cfg_url = format!("{}/accounts/{account}/cfd_tunnel/{}/configurations", second.api_url, acknowledged[0]);
-    let body: Value = client.get(&cfg_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let cfg_url = format!(
+        "{}/accounts/{account}/cfd_tunnel/{}/configurations",
+        second.api_url, acknowledged[0]
+    );
+    let body: Value = client
+        .get(&cfg_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["result"]["version"], 1);
     second.child.kill().unwrap();
     second.child.wait().unwrap();
@@ -90,7 +136,8 @@ async fn acknowledged_writes_survive_kill_9_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_postgres() {
-    let Some(common::Backend::Postgres(base)) = common::Backend::postgres("kill -9 durability") else {
+    let Some(common::Backend::Postgres(base)) = common::Backend::postgres("kill -9 durability")
+    else {
         return;
     };
     let (name, url) = common::pg_database(&base).await;

@@ -30,7 +30,10 @@ impl RunningConnector {
 
 fn start_connector(s: &TestServer, token: &str, ha: u8) -> RunningConnector {
     let server = s.server.as_ref().unwrap();
-    let mut cfg = ConnectorConfig::new(TunnelToken::decode(token).unwrap(), vec![server.edge_addr.to_string()]);
+    let mut cfg = ConnectorConfig::new(
+        TunnelToken::decode(token).unwrap(),
+        vec![server.edge_addr.to_string()],
+    );
     cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
     cfg.ha_connections = ha;
     cfg.registration_interval = Duration::from_millis(20);
@@ -39,7 +42,11 @@ fn start_connector(s: &TestServer, token: &str, ha: u8) -> RunningConnector {
     let state = connector.state();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(connector.run(cancel.clone()));
-    RunningConnector { state, cancel, task }
+    RunningConnector {
+        state,
+        cancel,
+        task,
+    }
 }
 
 async fn wait_ready(c: &RunningConnector, n: usize) {
@@ -64,8 +71,17 @@ where
 }
 
 /// A remotely managed tunnel routing `host` to the origin.
-async fn tunnel_for(s: &TestServer, name: &str, host: &str, origin: &origin::Origin) -> (String, String) {
-    let (status, body) = call(s.req(Method::POST, &s.acct("/cfd_tunnel")).json(&json!({"name": name, "config_src": "cloudflare"}))).await;
+async fn tunnel_for(
+    s: &TestServer,
+    name: &str,
+    host: &str,
+    origin: &origin::Origin,
+) -> (String, String) {
+    let (status, body) = call(
+        s.req(Method::POST, &s.acct("/cfd_tunnel"))
+            .json(&json!({"name": name, "config_src": "cloudflare"})),
+    )
+    .await;
     assert_eq!(status, 200);
     let id = body["result"]["id"].as_str().unwrap().to_string();
     let token = body["result"]["token"].as_str().unwrap().to_string();
@@ -73,18 +89,31 @@ async fn tunnel_for(s: &TestServer, name: &str, host: &str, origin: &origin::Ori
         {"hostname": host, "service": format!("http://{}", origin.addr)},
         {"service": "http_status:404"}
     ]}});
-    let (status, body) = call(s.req(Method::PUT, &s.acct(&format!("/cfd_tunnel/{id}/configurations"))).json(&config)).await;
+    let (status, body) = call(
+        s.req(
+            Method::PUT,
+            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
+        )
+        .json(&config),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     (id, token)
 }
 
 fn public(s: &TestServer, host: &str, path: &str) -> reqwest::RequestBuilder {
     let addr = s.server.as_ref().unwrap().http_addr;
-    s.client.get(format!("http://{addr}{path}")).header("host", host)
+    s.client
+        .get(format!("http://{addr}{path}"))
+        .header("host", host)
 }
 
 async fn connectors(s: &TestServer, id: &str) -> Vec<Value> {
-    let (_, body) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{id}/connections")))).await;
+    let (_, body) = call(s.req(
+        Method::GET,
+        &s.acct(&format!("/cfd_tunnel/{id}/connections")),
+    ))
+    .await;
     body["result"].as_array().unwrap().clone()
 }
 
@@ -95,7 +124,10 @@ async fn http_through_the_tunnel() {
     let (id, token) = tunnel_for(&s, "e2e", "app.example.com", &origin).await;
 
     // Before any connector: a 530 page with error 1033, at once.
-    let resp = public(&s, "app.example.com", "/hello").send().await.unwrap();
+    let resp = public(&s, "app.example.com", "/hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 530);
     assert!(resp.text().await.unwrap().contains("1033"));
 
@@ -105,7 +137,9 @@ async fn http_through_the_tunnel() {
     // The registry shows the connector, its 4 connections, and the pushed config version.
     eventually("config version 1 applied", || async {
         let cs = connectors(&s, &id).await;
-        cs.len() == 1 && cs[0]["config_version"] == 1 && cs[0]["conns"].as_array().unwrap().len() == 4
+        cs.len() == 1
+            && cs[0]["config_version"] == 1
+            && cs[0]["conns"].as_array().unwrap().len() == 4
     })
     .await;
     let cs = connectors(&s, &id).await;
@@ -116,13 +150,21 @@ async fn http_through_the_tunnel() {
     assert!(t["result"]["conns_active_at"].is_string());
 
     // GET through the public listener reaches the origin.
-    let resp = public(&s, "app.example.com", "/hello?x=1").send().await.unwrap();
+    let resp = public(&s, "app.example.com", "/hello?x=1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-origin"], "yes");
     assert_eq!(resp.headers()["x-seen-host"], "app.example.com");
     assert_eq!(resp.headers()["x-seen-forwarded-proto"], "http");
     assert_eq!(resp.headers()["x-seen-connecting-ip"], "127.0.0.1");
-    assert!(resp.headers()["x-seen-forwarded-for"].to_str().unwrap().contains("127.0.0.1"));
+    assert!(
+        resp.headers()["x-seen-forwarded-for"]
+            .to_str()
+            .unwrap()
+            .contains("127.0.0.1")
+    );
     assert!(!resp.headers()["x-seen-cf-ray"].is_empty());
     assert_eq!(resp.headers()["x-seen-path"], "/hello?x=1");
     assert_eq!(resp.text().await.unwrap(), "hello from origin");
@@ -130,7 +172,14 @@ async fn http_through_the_tunnel() {
     // POST with a body, echoed back.
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let addr = s.server.as_ref().unwrap().http_addr;
-    let resp = s.client.post(format!("http://{addr}/echo")).header("host", "app.example.com").body(body.clone()).send().await.unwrap();
+    let resp = s
+        .client
+        .post(format!("http://{addr}/echo"))
+        .header("host", "app.example.com")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-seen-method"], "POST");
     assert_eq!(resp.bytes().await.unwrap().to_vec(), body);
@@ -141,11 +190,29 @@ async fn http_through_the_tunnel() {
     assert_eq!(resp.status(), 404, "the catch-all http_status:404 answers");
 
     // A DNS route (cloudflared tunnel route dns) reaches the tunnel too.
-    let zone = s.store().create_zone(&s.account, "example.net").await.unwrap();
-    let (status, _) = call(s.req(Method::PUT, &format!("/zones/{}/tunnels/{id}/routes", zone.id)).json(&json!({"type": "dns", "user_hostname": "www", "overwrite_existing": false}))).await;
+    let zone = s
+        .store()
+        .create_zone(&s.account, "example.net")
+        .await
+        .unwrap();
+    let (status, _) = call(
+        s.req(
+            Method::PUT,
+            &format!("/zones/{}/tunnels/{id}/routes", zone.id),
+        )
+        .json(&json!({"type": "dns", "user_hostname": "www", "overwrite_existing": false})),
+    )
+    .await;
     assert_eq!(status, 200);
-    let resp = public(&s, "www.example.net", "/hello").send().await.unwrap();
-    assert_eq!(resp.status(), 404, "routed to the tunnel; its ingress has no rule for this host");
+    let resp = public(&s, "www.example.net", "/hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "routed to the tunnel; its ingress has no rule for this host"
+    );
 
     // Unknown hosts: 530 / 1033.
     let resp = public(&s, "nobody.example.org", "/").send().await.unwrap();
@@ -155,7 +222,9 @@ async fn http_through_the_tunnel() {
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let req = public(&s, "app.example.com", "/hello");
-        tasks.push(tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) }));
+        tasks.push(tokio::spawn(async move {
+            req.send().await.map(|r| r.status().as_u16())
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), 200);
@@ -167,21 +236,52 @@ async fn http_through_the_tunnel() {
         {"hostname": "app.example.com", "service": format!("http://{}", origin.addr)},
         {"service": "http_status:404"}
     ]}});
-    let (status, _) = call(s.req(Method::PUT, &s.acct(&format!("/cfd_tunnel/{id}/configurations"))).json(&config)).await;
+    let (status, _) = call(
+        s.req(
+            Method::PUT,
+            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
+        )
+        .json(&config),
+    )
+    .await;
     assert_eq!(status, 200);
     eventually("config version 2 applied", || async {
-        connectors(&s, &id).await.first().is_some_and(|c| c["config_version"] == 2)
+        connectors(&s, &id)
+            .await
+            .first()
+            .is_some_and(|c| c["config_version"] == 2)
     })
     .await;
-    assert_eq!(public(&s, "app.example.com", "/hello").send().await.unwrap().status(), 418);
+    assert_eq!(
+        public(&s, "app.example.com", "/hello")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        418
+    );
 
     // Deleting with live connections is refused; cascade closes them.
     let (status, body) = call(s.req(Method::DELETE, &s.acct(&format!("/cfd_tunnel/{id}")))).await;
     assert_eq!((status, code(&body)), (400, 1022));
-    let (status, _) = call(s.req(Method::DELETE, &s.acct(&format!("/cfd_tunnel/{id}?cascade=true")))).await;
+    let (status, _) = call(s.req(
+        Method::DELETE,
+        &s.acct(&format!("/cfd_tunnel/{id}?cascade=true")),
+    ))
+    .await;
     assert_eq!(status, 200);
-    eventually("connections closed after cascade delete", || async { c.state.ready_connections() == 0 }).await;
-    assert_eq!(public(&s, "app.example.com", "/hello").send().await.unwrap().status(), 530);
+    eventually("connections closed after cascade delete", || async {
+        c.state.ready_connections() == 0
+    })
+    .await;
+    assert_eq!(
+        public(&s, "app.example.com", "/hello")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        530
+    );
     assert!(connectors(&s, &id).await.is_empty());
 
     c.stop().await;
@@ -197,11 +297,16 @@ async fn rotation_cleanup_and_failover() {
     let b = start_connector(&s, &old_token, 2);
     wait_ready(&a, 2).await;
     wait_ready(&b, 2).await;
-    eventually("two connectors registered", || async { connectors(&s, &id).await.len() == 2 }).await;
+    eventually("two connectors registered", || async {
+        connectors(&s, &id).await.len() == 2
+    })
+    .await;
 
     // Killing one connector while traffic flows: requests keep succeeding.
     let traffic = {
-        let reqs: Vec<_> = (0..200).map(|_| public(&s, "rot.example.com", "/hello")).collect();
+        let reqs: Vec<_> = (0..200)
+            .map(|_| public(&s, "rot.example.com", "/hello"))
+            .collect();
         tokio::spawn(async move {
             let mut ok = 0;
             for r in reqs {
@@ -217,13 +322,27 @@ async fn rotation_cleanup_and_failover() {
     a.stop().await; // graceful: unregisters, drains
     let ok = traffic.await.unwrap();
     assert_eq!(ok, 200, "every request succeeded while one connector left");
-    eventually("one connector left", || async { connectors(&s, &id).await.len() == 1 }).await;
+    eventually("one connector left", || async {
+        connectors(&s, &id).await.len() == 1
+    })
+    .await;
 
     // Rotate the secret: the live connector keeps serving...
     let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [5u8; 32]);
-    let (status, _) = call(s.req(Method::PATCH, &s.acct(&format!("/cfd_tunnel/{id}"))).json(&json!({"tunnel_secret": secret}))).await;
+    let (status, _) = call(
+        s.req(Method::PATCH, &s.acct(&format!("/cfd_tunnel/{id}")))
+            .json(&json!({"tunnel_secret": secret})),
+    )
+    .await;
     assert_eq!(status, 200);
-    assert_eq!(public(&s, "rot.example.com", "/hello").send().await.unwrap().status(), 200);
+    assert_eq!(
+        public(&s, "rot.example.com", "/hello")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // ...and a new connector with the old token is refused.
     let late = start_connector(&s, &old_token, 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -231,9 +350,19 @@ async fn rotation_cleanup_and_failover() {
     late.stop().await;
 
     // Cleanup of one connector closes its connections at the edge.
-    let (status, _) = call(s.req(Method::DELETE, &s.acct(&format!("/cfd_tunnel/{id}/connections?client_id={}", b.state.connector_id())))).await;
+    let (status, _) = call(s.req(
+        Method::DELETE,
+        &s.acct(&format!(
+            "/cfd_tunnel/{id}/connections?client_id={}",
+            b.state.connector_id()
+        )),
+    ))
+    .await;
     assert_eq!(status, 200);
-    eventually("cleanup closed the connections", || async { b.state.ready_connections() < 2 }).await;
+    eventually("cleanup closed the connections", || async {
+        b.state.ready_connections() < 2
+    })
+    .await;
     b.stop().await;
     s.stop().await;
 }

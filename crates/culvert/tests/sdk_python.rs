@@ -66,14 +66,22 @@ fn python_sdk_compatibility() -> Result<()> {
     let culvert = env!("CARGO_BIN_EXE_culvert");
 
     let mut cmd = Command::new(&python);
-    cmd.args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/sdk/python"])
-        .current_dir(&root)
-        .env("CULVERT_BIN", culvert)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-m",
+        "pytest",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "tests/sdk/python",
+    ])
+    .current_dir(&root)
+    .env("CULVERT_BIN", culvert)
+    .env("PYTHONDONTWRITEBYTECODE", "1")
+    .env("PYTHONUNBUFFERED", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     match std::env::var("CULVERT_TEST_POSTGRES_URL") {
         Ok(url) if !url.trim().is_empty() => {
             cmd.env("CULVERT_TEST_POSTGRES_URL", url);

@@ -74,6 +74,14 @@ async fn a_reconnect_replaces_the_stale_connection_of_the_same_slot() {
     let h = Harness::new(ConfigSource::Cloudflare).await;
     let connector = Uuid::new_v4();
     let old = h.register(connector, 0).await;
+    let run_at = h
+        .store
+        .get_connector(h.tunnel.id, connector)
+        .await
+        .unwrap()
+        .unwrap()
+        .run_at;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let other_slot = h.register(connector, 1).await;
     let new = h.register(connector, 0).await;
     within("stale connection closed", old.conn.closed()).await;
@@ -87,6 +95,14 @@ async fn a_reconnect_replaces_the_stale_connection_of_the_same_slot() {
     want.sort();
     assert_eq!(ids, want);
     assert_eq!(h.edge().live_connections(), 2);
+    // The connector's start time is its first registration's.
+    let k = h
+        .store
+        .get_connector(h.tunnel.id, connector)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(k.run_at, run_at);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

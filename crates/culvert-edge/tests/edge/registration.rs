@@ -258,7 +258,13 @@ async fn connections_that_never_register_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_control_streams_are_closed_cleanly() {
-    let h = Harness::new(ConfigSource::Cloudflare).await;
+    // A long registration timeout, so a close within T is the edge reacting
+    // to the bytes, not the timeout.
+    let tuning = culvert_edge::Tuning {
+        registration_timeout: Duration::from_secs(60),
+        ..tuning()
+    };
+    let h = Harness::with_tuning(ConfigSource::Cloudflare, tuning).await;
     let t = transcript("quic-01-registration.json");
     let call = patched_register_call(
         &h.account,
@@ -272,23 +278,13 @@ async fn hostile_control_streams_are_closed_cleanly() {
     let conn = h.dial().await;
     let mut fake = Fake::open(conn.clone()).await;
     fake.write(&[0xff; 64]).await;
-    let start = Instant::now();
     within("garbage closes", conn.closed()).await;
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "closed at once, not by the timeout"
-    );
 
     // A segment table announcing a 1 GiB message: refused before allocation.
     let conn = h.dial().await;
     let mut fake = Fake::open(conn.clone()).await;
     fake.write(&[0, 0, 0, 0, 0, 0, 0, 8]).await;
-    let start = Instant::now();
     within("oversized closes", conn.closed()).await;
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "closed at once, not by the timeout"
-    );
 
     // A truncated frame: Bootstrap, half of the Call, then FIN.
     let conn = h.dial().await;

@@ -62,9 +62,14 @@ impl TestServer {
                 (Some(name), Some(url))
             }
         };
-        let server = server::start(config(&dir, database_url.clone())).await.unwrap();
-        let Bootstrap { account_id, api_token, api_url } =
-            server.bootstrap.clone().expect("first start bootstraps");
+        let server = server::start(config(&dir, database_url.clone()))
+            .await
+            .unwrap();
+        let Bootstrap {
+            account_id,
+            api_token,
+            api_url,
+        } = server.bootstrap.clone().expect("first start bootstraps");
         TestServer {
             server: Some(server),
             client: reqwest::Client::new(),
@@ -89,8 +94,13 @@ impl TestServer {
     /// Stops and starts the server on the same data (a restart).
     pub async fn restart(&mut self) {
         self.server.take().unwrap().shutdown().await.unwrap();
-        let server = server::start(config(&self.dir, self.database_url.clone())).await.unwrap();
-        assert!(server.bootstrap.is_none(), "a restart must not bootstrap again");
+        let server = server::start(config(&self.dir, self.database_url.clone()))
+            .await
+            .unwrap();
+        assert!(
+            server.bootstrap.is_none(),
+            "a restart must not bootstrap again"
+        );
         self.base = server.api_url.clone();
         self.server = Some(server);
     }
@@ -111,11 +121,17 @@ impl TestServer {
     }
 
     pub fn req_as(&self, token: &str, method: Method, path: &str) -> RequestBuilder {
-        self.client.request(method, self.url(path)).bearer_auth(token)
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
     }
 
     pub async fn create_tunnel(&self, name: &str) -> Value {
-        let (status, body) = call(self.req(Method::POST, &self.acct("/cfd_tunnel")).json(&serde_json::json!({"name": name}))).await;
+        let (status, body) = call(
+            self.req(Method::POST, &self.acct("/cfd_tunnel"))
+                .json(&serde_json::json!({"name": name})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         body["result"].clone()
     }
@@ -160,9 +176,14 @@ pub async fn call(req: RequestBuilder) -> (u16, Value) {
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(ct.as_deref(), Some("application/json"), "exact content type (status {status})");
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/json"),
+        "exact content type (status {status})"
+    );
     let text = resp.text().await.unwrap();
-    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     assert_eq!(body["messages"], serde_json::json!([]), "{text}");
     assert!(body["errors"].is_array(), "{text}");
     if (200..300).contains(&status) {

@@ -33,7 +33,9 @@ impl Drop for Origin {
 type Body = BoxBody<Bytes, std::io::Error>;
 
 fn full(s: impl Into<Bytes>) -> Body {
-    Full::new(s.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(s.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 pub fn pattern_byte(i: u64) -> u8 {
@@ -63,7 +65,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         builder = builder.header(*k, v.as_str());
     }
     let resp = if path == "/hello" {
-        builder.header("x-origin", "yes").body(full("hello from origin"))
+        builder
+            .header("x-origin", "yes")
+            .body(full("hello from origin"))
     } else if path == "/echo" {
         let body = req.into_body().map_err(std::io::Error::other).boxed();
         builder.body(body)
@@ -75,7 +79,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
             }
             let len = (total - sent).min(64 * 1024);
             let chunk: Vec<u8> = (sent..sent + len).map(pattern_byte).collect();
-            Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(chunk))), sent + len))
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from(chunk))),
+                sent + len,
+            ))
         });
         builder
             .header("content-length", total.to_string())
@@ -106,7 +113,9 @@ pub async fn start() -> Origin {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { break };
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), hyper::service::service_fn(handle))
