@@ -564,6 +564,7 @@ pub async fn zone_route(
         .store()
         .upsert_route(&zone, &host, tunnel.id, b.overwrite_existing)
         .await?;
+    st.edge().route_changed(&host);
     let cname = match change {
         culvert_store::RouteChange::New => "new",
         culvert_store::RouteChange::Unchanged => "unchanged",

@@ -14,6 +14,8 @@ pub trait EdgeControl: Send + Sync + 'static {
     fn config_updated(&self, config: &TunnelConfig);
     /// These connections were removed from the registry: close them.
     fn connections_removed(&self, tunnel_id: Uuid, removed: &Removed);
+    /// A public hostname's route was created or changed.
+    fn route_changed(&self, _hostname: &str) {}
 }
 
 /// An [`EdgeControl`] that does nothing.

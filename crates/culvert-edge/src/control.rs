@@ -32,6 +32,10 @@ impl EdgeControl for Control {
         crate::push::schedule_push_all(&self.shared, config.clone());
     }
 
+    fn route_changed(&self, hostname: &str) {
+        self.shared.routes.invalidate(hostname);
+    }
+
     fn connections_removed(&self, tunnel_id: Uuid, removed: &Removed) {
         for id in &removed.connections {
             // Connections held by other edge nodes are not in our registry.

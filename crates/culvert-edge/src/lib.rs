@@ -196,7 +196,7 @@ pub async fn start_with(
         );
     }
 
-    let routes: Arc<dyn Routes> = Arc::new(store.clone());
+    let routes: Arc<dyn Routes> = Arc::new(crate::routes::CachedRoutes::new(store.clone()));
     let mut index = HostIndex::default();
     for cfg in routes.list_remote_configs().await? {
         index.set_tunnel(cfg.tunnel_id, hosts::ingress_hostnames(&cfg.config));
