@@ -213,7 +213,7 @@ start_server() { # BACKEND DATA_DIR OUT_FILE -> sets SERVER_PID, PORT
         db_args=(--database-url "postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB")
     fi
     # Per-request info logs would dominate the measurement: warn only.
-    "$BIN" server --log-level warn --data-dir "$data_dir" --api-listen 127.0.0.1:0 "${db_args[@]}" \
+    "$BIN" server --log-level warn --data-dir "$data_dir" --api-listen 127.0.0.1:0 --edge-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 "${db_args[@]}" \
         >"$out" 2>"$RESULTS/$backend-server.log" &
     SERVER_PID=$!
     PORT=""

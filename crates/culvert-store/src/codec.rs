@@ -1,6 +1,7 @@
 //! Conversions between model types and the text/integer columns both backends
 //! share, and the mapping of database errors onto [`StoreError`].
 
+use rusqlite::types::ValueRef;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Decode, Row, Type};
 use uuid::Uuid;
@@ -72,43 +73,180 @@ where
 }
 
 pub(crate) fn get_uuid(
-    row: &AnyRow,
+    row: &(impl Columns + ?Sized),
     idx: usize,
     table: &'static str,
     column: &'static str,
 ) -> Result<Uuid> {
-    let s: &str = get(row, idx, table, column)?;
+    let s = row.text(idx, table, column)?;
     Uuid::parse_str(s).map_err(|e| corrupt(table, column, e))
 }
 
 pub(crate) fn get_json(
-    row: &AnyRow,
+    row: &(impl Columns + ?Sized),
     idx: usize,
     table: &'static str,
     column: &'static str,
 ) -> Result<serde_json::Value> {
-    let s: &str = get(row, idx, table, column)?;
+    let s = row.text(idx, table, column)?;
     serde_json::from_str(s).map_err(|e| corrupt(table, column, e))
 }
 
 pub(crate) fn get_string_list(
-    row: &AnyRow,
+    row: &(impl Columns + ?Sized),
     idx: usize,
     table: &'static str,
     column: &'static str,
 ) -> Result<Vec<String>> {
-    let s: &str = get(row, idx, table, column)?;
+    let s = row.text(idx, table, column)?;
     serde_json::from_str(s).map_err(|e| corrupt(table, column, e))
 }
 
 pub(crate) fn get_hex(
-    row: &AnyRow,
+    row: &(impl Columns + ?Sized),
     idx: usize,
     table: &'static str,
     column: &'static str,
 ) -> Result<Vec<u8>> {
-    let s: &str = get(row, idx, table, column)?;
+    let s = row.text(idx, table, column)?;
     hex_decode(s).ok_or_else(|| corrupt(table, column, "not a hex string"))
+}
+
+// ---- typed column access ------------------------------------------------
+
+/// Typed access to the columns of a result row, for the row mappers below.
+/// Implemented for sqlx's [`AnyRow`] (both backends) and for
+/// [`rusqlite::Row`] (the SQLite fast read path, `fast.rs`), so one mapper
+/// decodes both and applies the same checks: a NULL where a value is
+/// required, or a value of another storage class (a BLOB or REAL where TEXT
+/// or an integer belongs, text in an integer column), is
+/// [`StoreError::Corrupt`] for the column either way.
+pub(crate) trait Columns {
+    /// A non-NULL TEXT value.
+    fn text(&self, idx: usize, table: &'static str, column: &'static str) -> Result<&str>;
+    /// A TEXT value or NULL.
+    fn opt_text(
+        &self,
+        idx: usize,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<Option<String>>;
+    /// A non-NULL integer.
+    fn int(&self, idx: usize, table: &'static str, column: &'static str) -> Result<i64>;
+    /// An integer or NULL.
+    fn opt_int(&self, idx: usize, table: &'static str, column: &'static str)
+    -> Result<Option<i64>>;
+}
+
+impl Columns for AnyRow {
+    fn text(&self, idx: usize, table: &'static str, column: &'static str) -> Result<&str> {
+        get(self, idx, table, column)
+    }
+
+    fn opt_text(
+        &self,
+        idx: usize,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<Option<String>> {
+        get(self, idx, table, column)
+    }
+
+    fn int(&self, idx: usize, table: &'static str, column: &'static str) -> Result<i64> {
+        get(self, idx, table, column)
+    }
+
+    fn opt_int(
+        &self,
+        idx: usize,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<Option<i64>> {
+        get(self, idx, table, column)
+    }
+}
+
+/// The storage class of a SQLite value, for corruption messages.
+fn storage_class(v: ValueRef<'_>) -> &'static str {
+    match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "INTEGER",
+        ValueRef::Real(_) => "REAL",
+        ValueRef::Text(_) => "TEXT",
+        ValueRef::Blob(_) => "BLOB",
+    }
+}
+
+/// Column `idx` of a rusqlite row; an index out of range is corruption too
+/// (it cannot happen with the shared column lists).
+fn value_ref<'a>(
+    row: &'a rusqlite::Row<'_>,
+    idx: usize,
+    table: &'static str,
+    column: &'static str,
+) -> Result<ValueRef<'a>> {
+    row.get_ref(idx).map_err(|e| corrupt(table, column, e))
+}
+
+/// The text of a TEXT value (UTF-8, as sqlx requires).
+fn lite_text<'a>(
+    v: ValueRef<'a>,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Option<&'a str>> {
+    match v {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| corrupt(table, column, e)),
+        other => Err(corrupt(
+            table,
+            column,
+            format!("expected TEXT, found {}", storage_class(other)),
+        )),
+    }
+}
+
+fn lite_int(v: ValueRef<'_>, table: &'static str, column: &'static str) -> Result<Option<i64>> {
+    match v {
+        ValueRef::Null => Ok(None),
+        ValueRef::Integer(i) => Ok(Some(i)),
+        other => Err(corrupt(
+            table,
+            column,
+            format!("expected INTEGER, found {}", storage_class(other)),
+        )),
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, idx: usize, table: &'static str, column: &'static str) -> Result<&str> {
+        lite_text(value_ref(self, idx, table, column)?, table, column)?
+            .ok_or_else(|| corrupt(table, column, "unexpected NULL"))
+    }
+
+    fn opt_text(
+        &self,
+        idx: usize,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<Option<String>> {
+        Ok(lite_text(value_ref(self, idx, table, column)?, table, column)?.map(str::to_owned))
+    }
+
+    fn int(&self, idx: usize, table: &'static str, column: &'static str) -> Result<i64> {
+        lite_int(value_ref(self, idx, table, column)?, table, column)?
+            .ok_or_else(|| corrupt(table, column, "unexpected NULL"))
+    }
+
+    fn opt_int(
+        &self,
+        idx: usize,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<Option<i64>> {
+        lite_int(value_ref(self, idx, table, column)?, table, column)
+    }
 }
 
 /// JSON text of a string list (cannot fail: strings always serialise).
@@ -129,6 +267,9 @@ pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 }
 
 // ---- row mappers --------------------------------------------------------
+//
+// Tokens, tunnels and configurations are also read by the SQLite fast path,
+// so their mappers take any [`Columns`]; the rest read `AnyRow`s only.
 
 /// Columns read by [`account_from_row`], in order.
 macro_rules! account_cols {
@@ -156,26 +297,26 @@ macro_rules! token_cols {
 }
 pub(crate) use token_cols;
 
-pub(crate) fn token_from_row(row: &AnyRow) -> Result<ApiToken> {
+pub(crate) fn token_from_row(row: &(impl Columns + ?Sized)) -> Result<ApiToken> {
     const T: &str = "api_tokens";
-    let kind: &str = get(row, 3, T, "kind")?;
+    let kind = row.text(3, T, "kind")?;
     let kind = match kind {
         "api_token" => CredentialKind::ApiToken,
         "global_key" => CredentialKind::GlobalKey,
         other => return Err(corrupt(T, "kind", format!("unknown kind {other:?}"))),
     };
     Ok(ApiToken {
-        id: get(row, 0, T, "id")?,
-        account_id: get(row, 1, T, "account_id")?,
-        name: get(row, 2, T, "name")?,
+        id: row.text(0, T, "id")?.to_owned(),
+        account_id: row.text(1, T, "account_id")?.to_owned(),
+        name: row.text(2, T, "name")?.to_owned(),
         kind,
-        email: get(row, 4, T, "email")?,
+        email: row.opt_text(4, T, "email")?,
         secret_hash: get_hex(row, 5, T, "secret_hash")?,
         permissions: get_string_list(row, 6, T, "permissions")?,
-        created_at: get(row, 7, T, "created_at")?,
-        expires_on: get(row, 8, T, "expires_on")?,
-        not_before: get(row, 9, T, "not_before")?,
-        revoked_at: get(row, 10, T, "revoked_at")?,
+        created_at: row.int(7, T, "created_at")?,
+        expires_on: row.opt_int(8, T, "expires_on")?,
+        not_before: row.opt_int(9, T, "not_before")?,
+        revoked_at: row.opt_int(10, T, "revoked_at")?,
     })
 }
 
@@ -188,30 +329,30 @@ macro_rules! tunnel_cols {
 }
 pub(crate) use tunnel_cols;
 
-pub(crate) fn tunnel_from_row(row: &AnyRow) -> Result<Tunnel> {
+pub(crate) fn tunnel_from_row(row: &(impl Columns + ?Sized)) -> Result<Tunnel> {
     const T: &str = "tunnels";
-    let tun_type: &str = get(row, 3, T, "tun_type")?;
+    let tun_type = row.text(3, T, "tun_type")?;
     let tun_type = TunType::parse(tun_type)
         .ok_or_else(|| corrupt(T, "tun_type", format!("unknown type {tun_type:?}")))?;
-    let config_src: &str = get(row, 4, T, "config_src")?;
+    let config_src = row.text(4, T, "config_src")?;
     let config_src = ConfigSource::parse(config_src)
         .ok_or_else(|| corrupt(T, "config_src", format!("unknown source {config_src:?}")))?;
-    let status: &str = get(row, 11, T, "status")?;
+    let status = row.text(11, T, "status")?;
     let status = TunnelStatus::parse(status)
         .ok_or_else(|| corrupt(T, "status", format!("unknown status {status:?}")))?;
-    let ha: i64 = get(row, 12, T, "ha")?;
+    let ha = row.int(12, T, "ha")?;
     Ok(Tunnel {
         id: get_uuid(row, 0, T, "id")?,
-        account_id: get(row, 1, T, "account_id")?,
-        name: get(row, 2, T, "name")?,
+        account_id: row.text(1, T, "account_id")?.to_owned(),
+        name: row.text(2, T, "name")?.to_owned(),
         tun_type,
         config_src,
         secret: get_hex(row, 5, T, "secret")?,
         metadata: get_json(row, 6, T, "metadata")?,
-        created_at: get(row, 7, T, "created_at")?,
-        deleted_at: get(row, 8, T, "deleted_at")?,
-        conns_active_at: get(row, 9, T, "conns_active_at")?,
-        conns_inactive_at: get(row, 10, T, "conns_inactive_at")?,
+        created_at: row.int(7, T, "created_at")?,
+        deleted_at: row.opt_int(8, T, "deleted_at")?,
+        conns_active_at: row.opt_int(9, T, "conns_active_at")?,
+        conns_inactive_at: row.opt_int(10, T, "conns_inactive_at")?,
         status,
         ha: ha != 0,
     })
@@ -225,18 +366,18 @@ macro_rules! config_cols {
 }
 pub(crate) use config_cols;
 
-pub(crate) fn config_from_row(row: &AnyRow) -> Result<TunnelConfig> {
+pub(crate) fn config_from_row(row: &(impl Columns + ?Sized)) -> Result<TunnelConfig> {
     const T: &str = "tunnel_configs";
-    let source: &str = get(row, 4, T, "source")?;
+    let source = row.text(4, T, "source")?;
     let source = ConfigSource::parse(source)
         .ok_or_else(|| corrupt(T, "source", format!("unknown source {source:?}")))?;
     Ok(TunnelConfig {
         tunnel_id: get_uuid(row, 0, T, "tunnel_id")?,
-        account_id: get(row, 1, T, "account_id")?,
-        version: get(row, 2, T, "version")?,
+        account_id: row.text(1, T, "account_id")?.to_owned(),
+        version: row.int(2, T, "version")?,
         config: get_json(row, 3, T, "config")?,
         source,
-        created_at: get(row, 5, T, "created_at")?,
+        created_at: row.int(5, T, "created_at")?,
     })
 }
 

@@ -15,6 +15,7 @@
 
 mod codec;
 mod error;
+mod fast;
 mod model;
 mod registry;
 mod routes;

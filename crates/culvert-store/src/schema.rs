@@ -109,6 +109,17 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         ],
     ),
     (2, crate::routes::MIGRATION),
+    (
+        3,
+        &[
+            // Lists and counts of one account's tunnels of one type (the API's
+            // `…/cfd_tunnel` and `…/warp_connector`) in page order: the count
+            // reads only this index, and a page's ids come from it without
+            // touching the rows it skips.
+            "CREATE INDEX tunnels_account_type_created
+            ON tunnels (account_id, tun_type, created_at, id)",
+        ],
+    ),
 ];
 
 impl Store {

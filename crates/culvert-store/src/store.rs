@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::{Any, AssertSqlSafe, Transaction};
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use crate::codec::*;
 use crate::error::StoreError;
+use crate::fast::{FastReads, query_one};
 use crate::model::*;
 use crate::registry::{
     count_connections, delete_connections, forget_idle_connectors, recompute_status,
@@ -27,6 +29,9 @@ pub enum Backend {
 pub struct Store {
     pub(crate) pool: sqlx::AnyPool,
     pub(crate) backend: Backend,
+    /// SQLite only: read-only connections for the hottest point reads
+    /// (`fast.rs`); `None` on PostgreSQL, or if they could not be opened.
+    pub(crate) fast: Option<Arc<FastReads>>,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -36,22 +41,34 @@ impl Store {
     /// or `postgres://…`, and brings the schema up to date.
     pub async fn open(database_url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let store = if let Some(rest) = database_url
+        let (mut store, sqlite_path) = if let Some(rest) = database_url
             .strip_prefix("sqlite://")
             .or_else(|| database_url.strip_prefix("sqlite:"))
         {
-            Self::open_sqlite(database_url, rest).await?
+            let (pool, path) = Self::open_sqlite(database_url, rest).await?;
+            let store = Store {
+                pool,
+                backend: Backend::Sqlite,
+                fast: None,
+            };
+            (store, Some(path))
         } else if database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://")
         {
             let pool = AnyPoolOptions::new()
                 .max_connections(PG_MAX_CONNECTIONS)
+                // A dead connection fails the statement that uses it (an I/O
+                // error or SQLSTATE 57P01, both retryable) and is dropped
+                // when released; a ping per acquire is a round trip per query.
+                .test_before_acquire(false)
                 .connect(database_url)
                 .await?;
-            Store {
+            let store = Store {
                 pool,
                 backend: Backend::Postgres,
-            }
+                fast: None,
+            };
+            (store, None)
         } else {
             return Err(StoreError::UnsupportedUrl(database_url.to_owned()));
         };
@@ -59,10 +76,23 @@ impl Store {
             store.close().await;
             return Err(e);
         }
+        if let Some(path) = sqlite_path {
+            // After the migrations, so the readers' statements find the
+            // schema. Without them every read simply takes the pool.
+            match FastReads::open(&path) {
+                Ok(fast) => store.fast = Some(Arc::new(fast)),
+                Err(error) => tracing::warn!(
+                    %error,
+                    path = %path.display(),
+                    "cannot open SQLite fast readers; all reads go through the pool"
+                ),
+            }
+        }
         Ok(store)
     }
 
-    async fn open_sqlite(database_url: &str, rest: &str) -> Result<Self> {
+    /// The pool of a SQLite database, and the database file's absolute path.
+    async fn open_sqlite(database_url: &str, rest: &str) -> Result<(sqlx::AnyPool, PathBuf)> {
         // `?mode=rwc` and similar sqlx options are meaningless here: the file is
         // always created and opened read-write.
         let raw_path = rest.split_once('?').map_or(rest, |(p, _)| p);
@@ -81,6 +111,9 @@ impl Store {
             // recycling them only costs latency.
             .idle_timeout(None)
             .max_lifetime(None)
+            // SQLite connections do not die on their own; a ping is another
+            // round trip through the connection's worker thread.
+            .test_before_acquire(false)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     for pragma in SQLITE_PRAGMAS {
@@ -91,10 +124,7 @@ impl Store {
             })
             .connect(&connect_url)
             .await?;
-        Ok(Store {
-            pool,
-            backend: Backend::Sqlite,
-        })
+        Ok((pool, path))
     }
 
     pub fn backend(&self) -> Backend {
@@ -109,6 +139,11 @@ impl Store {
 
     /// Closes the pool, waiting for checked-out connections.
     pub async fn close(&self) {
+        // Readers first, so the pool's last connection checkpoints and
+        // removes the WAL as before.
+        if let Some(fast) = &self.fast {
+            fast.close();
+        }
         self.pool.close().await
     }
 
@@ -238,16 +273,26 @@ impl Store {
     /// Looks a bearer token up by the SHA-256 of its secret. Revoked tokens are
     /// returned too (the caller decides); only `ApiToken` kind rows match.
     pub async fn find_api_token_by_hash(&self, secret_hash: &[u8]) -> Result<Option<ApiToken>> {
-        // The literal kind matches the partial unique index's predicate, so
-        // this is one index probe.
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            token_cols!(),
-            " FROM api_tokens WHERE secret_hash = $1 AND kind = 'api_token'"
-        ))
-        .bind(hex_encode(secret_hash))
-        .fetch_optional(&self.pool)
-        .await?;
+        let hash = hex_encode(secret_hash);
+        if let Some(answer) = self.fast_token_by_hash(&hash) {
+            return answer;
+        }
+        self.pool_token_by_hash(&hash).await
+    }
+
+    pub(crate) fn fast_token_by_hash(&self, hash_hex: &str) -> Option<Result<Option<ApiToken>>> {
+        self.fast.as_ref()?.read(|c| {
+            query_one(c, TOKEN_BY_HASH_SQL, &[("$1", &hash_hex)], |r| {
+                token_from_row(r)
+            })
+        })
+    }
+
+    pub(crate) async fn pool_token_by_hash(&self, hash_hex: &str) -> Result<Option<ApiToken>> {
+        let row = sqlx::query(TOKEN_BY_HASH_SQL)
+            .bind(hash_hex)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
@@ -356,29 +401,56 @@ impl Store {
     ) -> Result<Option<Tunnel>> {
         // The API's hottest query: one primary-key probe, prepared once per
         // connection.
+        let id = uuid_text(id);
+        if let Some(answer) = self.fast_get_tunnel(account_id, tun_type, &id) {
+            return answer;
+        }
+        self.pool_get_tunnel(account_id, tun_type, &id).await
+    }
+
+    pub(crate) fn fast_get_tunnel(
+        &self,
+        account_id: &str,
+        tun_type: Option<TunType>,
+        id_text: &str,
+    ) -> Option<Result<Option<Tunnel>>> {
+        self.fast.as_ref()?.read(|c| match tun_type {
+            None => query_one(
+                c,
+                TUNNEL_OF_ACCOUNT_SQL,
+                &[("$1", &id_text), ("$2", &account_id)],
+                |r| tunnel_from_row(r),
+            ),
+            Some(t) => query_one(
+                c,
+                TUNNEL_OF_ACCOUNT_TYPE_SQL,
+                &[("$1", &id_text), ("$2", &account_id), ("$3", &t.as_str())],
+                |r| tunnel_from_row(r),
+            ),
+        })
+    }
+
+    pub(crate) async fn pool_get_tunnel(
+        &self,
+        account_id: &str,
+        tun_type: Option<TunType>,
+        id_text: &str,
+    ) -> Result<Option<Tunnel>> {
         let row = match tun_type {
             None => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    tunnel_cols!(),
-                    " FROM tunnels WHERE id = $1 AND account_id = $2"
-                ))
-                .bind(uuid_text(id))
-                .bind(account_id)
-                .fetch_optional(&self.pool)
-                .await?
+                sqlx::query(TUNNEL_OF_ACCOUNT_SQL)
+                    .bind(id_text)
+                    .bind(account_id)
+                    .fetch_optional(&self.pool)
+                    .await?
             }
             Some(t) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    tunnel_cols!(),
-                    " FROM tunnels WHERE id = $1 AND account_id = $2 AND tun_type = $3"
-                ))
-                .bind(uuid_text(id))
-                .bind(account_id)
-                .bind(t.as_str())
-                .fetch_optional(&self.pool)
-                .await?
+                sqlx::query(TUNNEL_OF_ACCOUNT_TYPE_SQL)
+                    .bind(id_text)
+                    .bind(account_id)
+                    .bind(t.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
             }
         };
         row.as_ref().map(tunnel_from_row).transpose()
@@ -386,14 +458,26 @@ impl Store {
 
     /// A tunnel by id alone (the edge's lookup at registration).
     pub async fn get_tunnel_by_id(&self, id: Uuid) -> Result<Option<Tunnel>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            tunnel_cols!(),
-            " FROM tunnels WHERE id = $1"
-        ))
-        .bind(uuid_text(id))
-        .fetch_optional(&self.pool)
-        .await?;
+        let id = uuid_text(id);
+        if let Some(answer) = self.fast_tunnel_by_id(&id) {
+            return answer;
+        }
+        self.pool_tunnel_by_id(&id).await
+    }
+
+    pub(crate) fn fast_tunnel_by_id(&self, id_text: &str) -> Option<Result<Option<Tunnel>>> {
+        self.fast.as_ref()?.read(|c| {
+            query_one(c, TUNNEL_BY_ID_SQL, &[("$1", &id_text)], |r| {
+                tunnel_from_row(r)
+            })
+        })
+    }
+
+    pub(crate) async fn pool_tunnel_by_id(&self, id_text: &str) -> Result<Option<Tunnel>> {
+        let row = sqlx::query(TUNNEL_BY_ID_SQL)
+            .bind(id_text)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(tunnel_from_row).transpose()
     }
 
@@ -619,14 +703,32 @@ impl Store {
     // ---- configurations ---------------------------------------------------
 
     pub async fn get_config(&self, tunnel_id: Uuid) -> Result<Option<TunnelConfig>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            config_cols!(),
-            " FROM tunnel_configs WHERE tunnel_id = $1"
-        ))
-        .bind(uuid_text(tunnel_id))
-        .fetch_optional(&self.pool)
-        .await?;
+        let id = uuid_text(tunnel_id);
+        if let Some(answer) = self.fast_get_config(&id) {
+            return answer;
+        }
+        self.pool_get_config(&id).await
+    }
+
+    pub(crate) fn fast_get_config(
+        &self,
+        tunnel_id_text: &str,
+    ) -> Option<Result<Option<TunnelConfig>>> {
+        self.fast.as_ref()?.read(|c| {
+            query_one(c, CONFIG_SQL, &[("$1", &tunnel_id_text)], |r| {
+                config_from_row(r)
+            })
+        })
+    }
+
+    pub(crate) async fn pool_get_config(
+        &self,
+        tunnel_id_text: &str,
+    ) -> Result<Option<TunnelConfig>> {
+        let row = sqlx::query(CONFIG_SQL)
+            .bind(tunnel_id_text)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(config_from_row).transpose()
     }
 
@@ -695,17 +797,50 @@ impl Store {
     }
 }
 
+// ---- point reads shared by the sqlx path and the SQLite fast path ---------
+//
+// One text per read, so both paths run the very same statement; SQLite binds
+// `$N` by name, which the fast path does too.
+
+/// A bearer token by the hex SHA-256 of its secret. The literal kind matches
+/// the partial unique index's predicate, so this is one index probe.
+pub(crate) const TOKEN_BY_HASH_SQL: &str = concat!(
+    "SELECT ",
+    token_cols!(),
+    " FROM api_tokens WHERE secret_hash = $1 AND kind = 'api_token'"
+);
+pub(crate) const TUNNEL_OF_ACCOUNT_SQL: &str = concat!(
+    "SELECT ",
+    tunnel_cols!(),
+    " FROM tunnels WHERE id = $1 AND account_id = $2"
+);
+pub(crate) const TUNNEL_OF_ACCOUNT_TYPE_SQL: &str = concat!(
+    "SELECT ",
+    tunnel_cols!(),
+    " FROM tunnels WHERE id = $1 AND account_id = $2 AND tun_type = $3"
+);
+pub(crate) const TUNNEL_BY_ID_SQL: &str =
+    concat!("SELECT ", tunnel_cols!(), " FROM tunnels WHERE id = $1");
+pub(crate) const CONFIG_SQL: &str = concat!(
+    "SELECT ",
+    config_cols!(),
+    " FROM tunnel_configs WHERE tunnel_id = $1"
+);
+
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
 const PG_MAX_CONNECTIONS: u32 = 16;
 
 /// Run on every new SQLite connection. WAL lets readers proceed beside the
 /// writer; `synchronous=NORMAL` in WAL mode survives a process kill (only an
-/// OS crash can lose the last commits).
-const SQLITE_PRAGMAS: &[&str] = &[
+/// OS crash can lose the last commits). `journal_size_limit` truncates the WAL
+/// file back to 64 MiB after a checkpoint that reset it (without it the file
+/// keeps its largest size ever).
+pub(crate) const SQLITE_PRAGMAS: &[&str] = &[
     "PRAGMA busy_timeout = 5000",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
+    "PRAGMA journal_size_limit = 67108864",
 ];
 
 /// Creates the database file's directory and the file itself with mode 0600

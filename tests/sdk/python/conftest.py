@@ -173,7 +173,8 @@ def start_server(backend: str, workdir: Path, database_url: Optional[str]) -> Cu
     binary = culvert_bin()
     data_dir = workdir / "data"
     stderr_path = workdir / "server.log"
-    cmd = [binary, "server", "--data-dir", str(data_dir), "--api-listen", "127.0.0.1:0"]
+    cmd = [binary, "server", "--data-dir", str(data_dir), "--api-listen", "127.0.0.1:0",
+           "--edge-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
     if database_url:
         cmd += ["--database-url", database_url]
     env = dict(os.environ)
