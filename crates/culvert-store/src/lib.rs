@@ -4,9 +4,13 @@
 //!
 //! One [`Store`] type serves both backends — an embedded SQLite file (WAL) and
 //! PostgreSQL — through sqlx's `Any` driver with one schema and one set of
-//! queries, so behaviour cannot diverge between them. The store knows nothing
-//! about HTTP, the v4 envelope or the wire protocol: callers (the API and the
-//! edge) translate its typed errors into their own.
+//! queries, so behaviour cannot diverge between them. On SQLite the hottest
+//! point reads (credential by hash, tunnel by id, configuration) first try a
+//! few read-only rusqlite connections on the calling thread, with the same SQL
+//! text and the same row mappers, and fall back to the pool (`fast.rs`).
+//!
+//! The store knows nothing about HTTP, the v4 envelope or the wire protocol:
+//! callers (the API and the edge) translate its typed errors into their own.
 //!
 //! Timestamps are microseconds since the Unix epoch ([`Micros`]); JSON values are
 //! kept as text so unknown keys survive verbatim.

@@ -280,6 +280,8 @@ impl Store {
         self.pool_token_by_hash(&hash).await
     }
 
+    /// [`Store::find_api_token_by_hash`] on the SQLite fast readers only; `None` when they
+    /// cannot answer (none idle, SQLite failed, PostgreSQL, closed).
     pub(crate) fn fast_token_by_hash(&self, hash_hex: &str) -> Option<Result<Option<ApiToken>>> {
         self.fast.as_ref()?.read(|c| {
             query_one(c, TOKEN_BY_HASH_SQL, &[("$1", &hash_hex)], |r| {
@@ -288,6 +290,7 @@ impl Store {
         })
     }
 
+    /// [`Store::find_api_token_by_hash`] through the pool only.
     pub(crate) async fn pool_token_by_hash(&self, hash_hex: &str) -> Result<Option<ApiToken>> {
         let row = sqlx::query(TOKEN_BY_HASH_SQL)
             .bind(hash_hex)
@@ -399,8 +402,8 @@ impl Store {
         tun_type: Option<TunType>,
         id: Uuid,
     ) -> Result<Option<Tunnel>> {
-        // The API's hottest query: one primary-key probe, prepared once per
-        // connection.
+        // The API's hottest query: one primary-key probe. On SQLite the fast
+        // readers answer it on this thread (`fast.rs`).
         let id = uuid_text(id);
         if let Some(answer) = self.fast_get_tunnel(account_id, tun_type, &id) {
             return answer;
@@ -408,6 +411,8 @@ impl Store {
         self.pool_get_tunnel(account_id, tun_type, &id).await
     }
 
+    /// [`Store::get_tunnel`] on the SQLite fast readers only; `None` when they
+    /// cannot answer (none idle, SQLite failed, PostgreSQL, closed).
     pub(crate) fn fast_get_tunnel(
         &self,
         account_id: &str,
@@ -430,6 +435,7 @@ impl Store {
         })
     }
 
+    /// [`Store::get_tunnel`] through the pool only.
     pub(crate) async fn pool_get_tunnel(
         &self,
         account_id: &str,
@@ -465,6 +471,8 @@ impl Store {
         self.pool_tunnel_by_id(&id).await
     }
 
+    /// [`Store::get_tunnel_by_id`] on the SQLite fast readers only; `None` when they
+    /// cannot answer (none idle, SQLite failed, PostgreSQL, closed).
     pub(crate) fn fast_tunnel_by_id(&self, id_text: &str) -> Option<Result<Option<Tunnel>>> {
         self.fast.as_ref()?.read(|c| {
             query_one(c, TUNNEL_BY_ID_SQL, &[("$1", &id_text)], |r| {
@@ -473,6 +481,7 @@ impl Store {
         })
     }
 
+    /// [`Store::get_tunnel_by_id`] through the pool only.
     pub(crate) async fn pool_tunnel_by_id(&self, id_text: &str) -> Result<Option<Tunnel>> {
         let row = sqlx::query(TUNNEL_BY_ID_SQL)
             .bind(id_text)
@@ -491,6 +500,41 @@ impl Store {
         page: u32,
         per_page: u32,
     ) -> Result<Page<Tunnel>> {
+        let mut q = self.tunnel_list_query(account_id, filter);
+        let row = q
+            .bind(sqlx::query(AssertSqlSafe(q.count_sql())))
+            .fetch_one(&self.pool)
+            .await?;
+        let total: i64 = get(&row, 0, "tunnels", "count")?;
+        let total_count = u64::try_from(total).map_err(|e| corrupt("tunnels", "count", e))?;
+
+        let per_page = u64::from(per_page);
+        let offset = u64::from(page.max(1) - 1).saturating_mul(per_page);
+        if per_page == 0 || offset >= total_count {
+            return Ok(Page {
+                items: Vec::new(),
+                total_count,
+            });
+        }
+        // Both fit: per_page ≤ u32::MAX and offset < total_count ≤ i64::MAX.
+        let page_sql = q.page_sql(
+            i64::try_from(per_page).unwrap_or(i64::MAX),
+            i64::try_from(offset).unwrap_or(i64::MAX),
+        );
+        let rows = q
+            .bind(sqlx::query(AssertSqlSafe(page_sql)))
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(tunnel_from_row).collect::<Result<_>>()?;
+        Ok(Page { items, total_count })
+    }
+
+    /// The conditions and arguments of a [`Store::list_tunnels`] call.
+    pub(crate) fn tunnel_list_query(
+        &self,
+        account_id: &str,
+        filter: &TunnelFilter,
+    ) -> TunnelListQuery {
         let mut w = WhereBuilder::default();
         let n = w.arg(Arg::Text(account_id.to_owned()));
         w.and(format!("account_id = ${n}"));
@@ -553,39 +597,15 @@ impl Store {
             w.and(format!("status = ${n}"));
         }
 
-        let count_sql = format!("SELECT COUNT(*) FROM tunnels WHERE {}", w.clause);
-        let row = w
-            .bind_all(sqlx::query(AssertSqlSafe(count_sql)))
-            .fetch_one(&self.pool)
-            .await?;
-        let total: i64 = get(&row, 0, "tunnels", "count")?;
-        let total_count = u64::try_from(total).map_err(|e| corrupt("tunnels", "count", e))?;
-
-        let per_page = u64::from(per_page);
-        let offset = u64::from(page.max(1) - 1).saturating_mul(per_page);
-        if per_page == 0 || offset >= total_count {
-            return Ok(Page {
-                items: Vec::new(),
-                total_count,
-            });
-        }
-        // Both fit: per_page ≤ u32::MAX and offset < total_count ≤ i64::MAX.
-        let limit_n = w.arg(Arg::Int(i64::try_from(per_page).unwrap_or(i64::MAX)));
-        let offset_n = w.arg(Arg::Int(i64::try_from(offset).unwrap_or(i64::MAX)));
-        let page_sql = format!(
-            concat!(
-                "SELECT ",
-                tunnel_cols!(),
-                " FROM tunnels WHERE {} ORDER BY created_at, id LIMIT ${} OFFSET ${}"
-            ),
-            w.clause, limit_n, offset_n
-        );
-        let rows = w
-            .bind_all(sqlx::query(AssertSqlSafe(page_sql)))
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(tunnel_from_row).collect::<Result<_>>()?;
-        Ok(Page { items, total_count })
+        // SQLite plans without statistics: given a name it would still walk
+        // the account's whole `(account_id, tun_type, created_at, id)` range
+        // (that index also yields the order) instead of probing the name.
+        // PostgreSQL's statistics pick the name index by themselves.
+        let source = match (self.backend, filter.name.is_some()) {
+            (Backend::Sqlite, true) => "tunnels INDEXED BY tunnels_account_name",
+            _ => "tunnels",
+        };
+        TunnelListQuery { w, source }
     }
 
     /// Applies a PATCH to a live or deleted tunnel of the given type.
@@ -710,6 +730,8 @@ impl Store {
         self.pool_get_config(&id).await
     }
 
+    /// [`Store::get_config`] on the SQLite fast readers only; `None` when they
+    /// cannot answer (none idle, SQLite failed, PostgreSQL, closed).
     pub(crate) fn fast_get_config(
         &self,
         tunnel_id_text: &str,
@@ -721,6 +743,7 @@ impl Store {
         })
     }
 
+    /// [`Store::get_config`] through the pool only.
     pub(crate) async fn pool_get_config(
         &self,
         tunnel_id_text: &str,
@@ -905,6 +928,51 @@ fn percent_encode_path(path: &str) -> String {
     out
 }
 
+/// The statements of one tunnel list: the count, then the page.
+pub(crate) struct TunnelListQuery {
+    w: WhereBuilder,
+    /// The table, with an index hint where the plan needs one.
+    source: &'static str,
+}
+
+impl TunnelListQuery {
+    pub(crate) fn count_sql(&self) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {} WHERE {}",
+            self.source, self.w.clause
+        )
+    }
+
+    /// The page statement; adds its LIMIT and OFFSET to the arguments.
+    pub(crate) fn page_sql(&mut self, limit: i64, offset: i64) -> String {
+        let limit_n = self.w.arg(Arg::Int(limit));
+        let offset_n = self.w.arg(Arg::Int(offset));
+        // The page's ids first, then their rows. When the filters only name
+        // indexed columns (the API's plain list of one type, or of all), the
+        // rows skipped by OFFSET are read as entries of
+        // `tunnels_account_type_created` or `tunnels_account_created` (both end
+        // in `created_at, id`), not as table rows; otherwise this costs only
+        // the page's primary-key probes more. One statement: one snapshot.
+        format!(
+            concat!(
+                "SELECT ",
+                tunnel_cols!(),
+                " FROM tunnels WHERE id IN (SELECT id FROM {} WHERE {} \
+                 ORDER BY created_at, id LIMIT ${} OFFSET ${}) ORDER BY created_at, id"
+            ),
+            self.source, self.w.clause, limit_n, offset_n
+        )
+    }
+
+    /// Binds the arguments, in order.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, Any, AnyArguments>,
+    ) -> sqlx::query::Query<'q, Any, AnyArguments> {
+        self.w.bind_all(q)
+    }
+}
+
 /// A bind value of a dynamically built statement.
 enum Arg {
     Text(String),
@@ -944,5 +1012,176 @@ impl WhereBuilder {
             };
         }
         q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    /// The plan of `sql` with `q`'s arguments, as one text.
+    async fn plan(store: &Store, q: &TunnelListQuery, sql: &str) -> String {
+        let details: Vec<String> = match store.backend {
+            Backend::Sqlite => {
+                let sql = format!("EXPLAIN QUERY PLAN {sql}");
+                let rows = q
+                    .bind(sqlx::query(AssertSqlSafe(sql)))
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+                rows.iter()
+                    .map(|r| get(r, 3, "plan", "detail").unwrap())
+                    .collect()
+            }
+            Backend::Postgres => {
+                let mut tx = store.pool.begin().await.unwrap();
+                // Test tables are a few pages: a sequential scan always wins
+                // there. Which index serves is the question.
+                sqlx::query("SET LOCAL enable_seqscan = off")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                let sql = format!("EXPLAIN {sql}");
+                let rows = q
+                    .bind(sqlx::query(AssertSqlSafe(sql)))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.rollback().await.unwrap();
+                rows.iter()
+                    .map(|r| get(r, 0, "plan", "line").unwrap())
+                    .collect()
+            }
+        };
+        details.join("\n")
+    }
+
+    async fn check_list_plans(store: &Store) {
+        let account = store.create_account("a").await.unwrap();
+        let other = store.create_account("b").await.unwrap();
+        for (i, tun_type) in [TunType::CfdTunnel, TunType::WarpConnector]
+            .into_iter()
+            .cycle()
+            .take(12)
+            .enumerate()
+        {
+            for acc in [&account, &other] {
+                store
+                    .create_tunnel(NewTunnel {
+                        account_id: acc.id.clone(),
+                        name: format!("t{i}"),
+                        tun_type,
+                        config_src: ConfigSource::Local,
+                        secret: vec![1; 32],
+                        metadata: serde_json::json!({}),
+                        ha: false,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+
+        for tun_type in [TunType::CfdTunnel, TunType::WarpConnector] {
+            let filter = TunnelFilter {
+                tun_types: vec![tun_type],
+                ..TunnelFilter::default()
+            };
+            let mut q = store.tunnel_list_query(&account.id, &filter);
+            let count = plan(store, &q, &q.count_sql()).await;
+            assert!(count.contains("tunnels_account_type_created"), "{count}");
+            let page_sql = q.page_sql(100, 200);
+            let page = plan(store, &q, &page_sql).await;
+            assert!(page.contains("tunnels_account_type_created"), "{page}");
+            if store.backend == Backend::Sqlite {
+                // The count and the skipped rows are index entries only.
+                assert!(
+                    count.contains("COVERING INDEX tunnels_account_type_created"),
+                    "{count}"
+                );
+                assert!(
+                    page.contains("COVERING INDEX tunnels_account_type_created"),
+                    "{page}"
+                );
+            }
+            let page = store
+                .list_tunnels(&account.id, &filter, 2, 2)
+                .await
+                .unwrap();
+            assert_eq!(page.total_count, 6);
+            assert_eq!(page.items.len(), 2);
+            assert!(page.items.iter().all(|t| t.tun_type == tun_type));
+        }
+
+        if store.backend == Backend::Sqlite {
+            // A name is probed, not searched for along the account's range.
+            let filter = TunnelFilter {
+                tun_types: vec![TunType::CfdTunnel],
+                name: Some("t4".into()),
+                ..TunnelFilter::default()
+            };
+            let mut q = store.tunnel_list_query(&account.id, &filter);
+            let count = plan(store, &q, &q.count_sql()).await;
+            assert!(count.contains("tunnels_account_name (account_id=? AND name=?)"));
+            let page_sql = q.page_sql(100, 0);
+            let page = plan(store, &q, &page_sql).await;
+            assert!(page.contains("tunnels_account_name (account_id=? AND name=?)"));
+            let page = store
+                .list_tunnels(&account.id, &filter, 1, 100)
+                .await
+                .unwrap();
+            assert_eq!(page.total_count, 1);
+            assert_eq!(page.items[0].name, "t4");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_lists_use_the_account_type_index() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(&format!("sqlite://{}/plans.db", dir.path().display()))
+            .await
+            .unwrap();
+        check_list_plans(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_lists_use_the_account_type_index() {
+        let Ok(base) = std::env::var("CULVERT_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: CULVERT_TEST_POSTGRES_URL not set");
+            return;
+        };
+        let (store, name) = testing::open_isolated_postgres(&base).await.unwrap();
+        check_list_plans(&store).await;
+        store.close().await;
+        testing::drop_isolated_postgres(&base, &name).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_connection_settings() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(&format!("sqlite://{}/pragmas.db", dir.path().display()))
+            .await
+            .unwrap();
+        assert!(!store.pool.options().get_test_before_acquire());
+        // Every pool connection: hold them all at once so each is asked.
+        let mut conns = Vec::new();
+        for _ in 0..SQLITE_MAX_CONNECTIONS {
+            conns.push(store.pool.acquire().await.unwrap());
+        }
+        for conn in &mut conns {
+            let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
+            assert_eq!(limit, 64 * 1024 * 1024);
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
+        drop(conns);
+        store.close().await;
     }
 }

@@ -1810,6 +1810,71 @@ async fn sqlite_readers_do_not_wait_for_writers() {
     db.store.close().await;
 }
 
+/// The pool does not ping a connection before handing it out: a connection
+/// the server has dropped fails the statement that uses it with a retryable
+/// error, is discarded, and the next call gets a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dead_connection_is_retryable() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Where::Postgres { base, name } = &db.place else {
+        unreachable!()
+    };
+    let s = &db.store;
+    let account = s.create_account("acme").await.unwrap();
+    // Several idle connections in the pool.
+    let id = account.id.as_str();
+    let reads = tokio::join!(
+        s.get_account(id),
+        s.get_account(id),
+        s.get_account(id),
+        s.get_account(id)
+    );
+    for r in [reads.0, reads.1, reads.2, reads.3] {
+        assert!(r.unwrap().is_some());
+    }
+
+    // The server ends every session of the store's database (as a restart
+    // or an administrator would), waiting until they are gone.
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(base).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()) AS t",
+    )
+    .bind(name.as_str())
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed >= 1);
+    admin.close().await.unwrap();
+
+    let mut failures = 0;
+    for _ in 0..50 {
+        match s.get_account(&account.id).await {
+            Ok(got) => {
+                assert!(got.is_some());
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e:?}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(
+        failures >= 1,
+        "a dead connection was handed out and noticed"
+    );
+    assert!(failures < 50, "the pool recovered");
+    // Everything works again.
+    assert!(s.get_account(&account.id).await.unwrap().is_some());
+    s.create_account("after").await.unwrap();
+    db.store.close().await;
+}
+
 // ---- property tests -------------------------------------------------------------
 
 mod props {
