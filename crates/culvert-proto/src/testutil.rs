@@ -14,8 +14,8 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// `shared/testdata/cloudflared-2023.7.3`, found beside the workspace
-/// (`<dir>/main` ⇒ `<dir>/shared`, as in CI), or via `CULVERT_TESTDATA`.
+/// `testdata/cloudflared-2023.7.3` (a copy of shared/testdata) at the workspace root,
+/// or via `CULVERT_TESTDATA`.
 pub fn transcript_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CULVERT_TESTDATA") {
         return PathBuf::from(dir);
@@ -23,11 +23,9 @@ pub fn transcript_dir() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest
         .ancestors()
-        .map(|a| a.join("shared/testdata/cloudflared-2023.7.3"))
+        .map(|a| a.join("testdata/cloudflared-2023.7.3"))
         .find(|p| p.is_dir())
-        .expect(
-            "transcripts not found: set CULVERT_TESTDATA to shared/testdata/cloudflared-2023.7.3",
-        )
+        .expect("transcripts not found: set CULVERT_TESTDATA to testdata/cloudflared-2023.7.3")
 }
 
 /// Loads one transcript.

@@ -47,7 +47,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// `shared/testdata/cloudflared-2023.7.3` beside the workspace (or
+/// `testdata/cloudflared-2023.7.3` at the workspace root (or
 /// `CULVERT_TESTDATA`).
 pub fn transcript(name: &str) -> serde_json::Value {
     let dir = std::env::var("CULVERT_TESTDATA")
@@ -56,10 +56,10 @@ pub fn transcript(name: &str) -> serde_json::Value {
         .or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .ancestors()
-                .map(|a| a.join("shared/testdata/cloudflared-2023.7.3"))
+                .map(|a| a.join("testdata/cloudflared-2023.7.3"))
                 .find(|p| p.is_dir())
         })
-        .expect("transcripts: set CULVERT_TESTDATA to shared/testdata/cloudflared-2023.7.3");
+        .expect("transcripts: set CULVERT_TESTDATA to testdata/cloudflared-2023.7.3");
     let raw = std::fs::read_to_string(dir.join(name)).expect("transcript readable");
     serde_json::from_str(&raw).expect("transcript JSON")
 }

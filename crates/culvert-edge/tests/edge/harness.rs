@@ -34,7 +34,7 @@ pub fn transcript_dir() -> PathBuf {
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
-        .map(|a| a.join("shared/testdata/cloudflared-2023.7.3"))
+        .map(|a| a.join("testdata/cloudflared-2023.7.3"))
         .find(|p| p.is_dir())
         .expect("transcripts not found: set CULVERT_TESTDATA")
 }
