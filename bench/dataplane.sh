@@ -23,8 +23,9 @@
 # BENCH_WARMUP=3s BENCH_DOWNLOAD_TRIES=3 BENCH_FILE_MIB=1024 BENCH_SMALL_BYTES=1024
 # BENCH_NO_BUILD=1 (use target/release/culvert as is) BENCH_NO_INSTALL=1 (never
 # install wrk/nginx/rathole/bore). BENCH_PERF=1: after culvert's measured runs,
-# perf-record the culvert server and connector (cpu-clock, -g) during one more
-# wrk run and one more download; reports land next to the raw outputs.
+# perf-record the culvert server and connector (cpu-clock, DWARF call graphs)
+# during one more wrk run and more downloads; culvert/perf/summary.txt has CPU
+# per request, context switches and the samples grouped by subsystem.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +37,7 @@ export PYTHONDONTWRITEBYTECODE=1
 case "${1:-}" in
     "") ;;
     -h | --help)
-        sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"
         exit 0
         ;;
     *)
@@ -94,6 +95,8 @@ CHILD_PID=""
 SAMPLER_PID=""
 TMP=""
 FAILED=0
+INSTALL_NOTES=""
+POLICY_ADDED="" # a policy-rc.d we created for an apt install, removed on exit
 
 stop_pid() { # PID LABEL: SIGTERM, 10 s grace, then SIGKILL
     local pid="$1" label="$2"
@@ -158,9 +161,13 @@ cleanup() {
     stop_sampler
     stop_procs 0
     if [[ -n "$TMP" ]]; then rm -rf -- "$TMP"; fi
+    if [[ -n "$POLICY_ADDED" ]]; then rm -f -- "$POLICY_ADDED"; fi
     exit "$rc"
 }
 trap cleanup EXIT
+# A command that fails outside die() (set -e) still says where.
+set -E
+trap 'log "error: command failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -174,15 +181,18 @@ apt_install() { # PACKAGE COMMAND
     apt-get update -qq >/dev/null
     # Never let the package start a system-wide service (nginx would take
     # port 80): a policy-rc.d that denies starts, only while we install.
-    local policy=/usr/sbin/policy-rc.d added=""
+    local policy=/usr/sbin/policy-rc.d
     if [[ ! -e $policy ]]; then
+        POLICY_ADDED="$policy"
         printf '#!/bin/sh\nexit 101\n' >"$policy"
         chmod 0755 "$policy"
-        added=1
     fi
     local rc=0
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null || rc=$?
-    if [[ -n "$added" ]]; then rm -f "$policy"; fi
+    if [[ -n "$POLICY_ADDED" ]]; then
+        rm -f -- "$POLICY_ADDED"
+        POLICY_ADDED=""
+    fi
     ((rc == 0)) || die "apt-get install $1 failed"
     command -v "$2" >/dev/null 2>&1 || die "$1 did not install $2"
 }
@@ -191,7 +201,13 @@ cargo_install() { # CRATE COMMAND
     command -v "$2" >/dev/null 2>&1 && return 0
     [[ -z "${BENCH_NO_INSTALL:-}" ]] || die "$2 is missing (cargo install $1 --locked)"
     log "installing $1 from crates.io (cargo install $1 --locked)"
-    cargo install "$1" --locked || die "cargo install $1 failed"
+    if ! cargo install "$1" --locked; then
+        # rathole 0.5.0's lock file pins time 0.3.x < 0.3.35, which current
+        # rustc rejects (E0282): retry with semver-compatible newer deps.
+        log "cargo install $1 --locked failed; retrying without --locked"
+        cargo install "$1" || die "cargo install $1 failed"
+        INSTALL_NOTES+="$1 installed without --locked (its lock file does not build with $(rustc --version | cut -d' ' -f1-2)); "
+    fi
     command -v "$2" >/dev/null 2>&1 || die "$2 is not on PATH after cargo install (add ~/.cargo/bin)"
 }
 
@@ -240,8 +256,8 @@ META_KERNEL="$(uname -r)" \
 META_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
 META_BUILD="$([[ -n "${BENCH_NO_BUILD:-}" ]] && echo "existing target/release/culvert (not rebuilt)" || echo "\`cargo build --release -p culvert\`")" \
 META_COMMIT="$commit" \
-META_V_CULVERT="$(if want culvert; then version_of "$BIN" --version | sed 's/^culvert //'; else echo "not run"; fi) ($commit)" \
-META_V_RATHOLE="$(if want rathole; then version_of rathole --version; else echo "rathole not run"; fi)" \
+META_V_CULVERT="$(if want culvert; then version_of "$BIN" --version | sed 's/^culvert //'; else echo "not run"; fi), git $commit" \
+META_V_RATHOLE="$(if want rathole; then echo "rathole $(rathole --version 2>&1 | sed -n 's/^Build Version: *//p' | head -n 1)"; else echo "rathole not run"; fi)" \
 META_V_BORE="$(if want bore; then version_of bore --version; else echo "bore not run"; fi)" \
 META_V_NGINX="$(version_of "$NGINX" -v | sed 's/^nginx version: //')" \
 META_V_WRK="$(version_of wrk --version | cut -d' ' -f1-2)" \
@@ -415,7 +431,7 @@ start_culvert() {
 start_rathole() {
     local dir="$TMP/rathole" ctrl pub secret
     mkdir -p "$dir"
-    read -r ctrl pub < <(free_ports 2 | tr '\n' ' ')
+    { read -r ctrl && read -r pub; } < <(free_ports 2) || die "cannot pick free ports"
     secret="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     cat >"$dir/server.toml" <<EOF
 [server]
@@ -455,6 +471,9 @@ start_bore() {
     local bind=()
     if bore server --help 2>&1 | grep -q -- '--bind-addr'; then bind+=(--bind-addr 127.0.0.1); fi
     if bore server --help 2>&1 | grep -q -- '--bind-tunnels'; then bind+=(--bind-tunnels 127.0.0.1); fi
+    # The secret goes through the environment (BORE_SECRET), not argv.
+    BORE_SECRET="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    export BORE_SECRET
     spawn bore-server "$RESULTS/bore/server.out" "$RESULTS/bore/server.log" \
         bore server --min-port "$pub" --max-port "$pub" "${bind[@]}"
     local server_pid="$SPAWNED"
@@ -545,35 +564,75 @@ PY
 }
 
 # perf_culvert: profiles the culvert server and connector during one more wrk
-# run and one more download (not the measured ones: perf perturbs them).
+# run and more downloads (not the measured ones: perf perturbs them). Call
+# graphs are DWARF-unwound (release builds have no frame pointers); besides
+# perf's own report, perf_summary.py groups the samples by subsystem, and
+# perf stat counts CPU time and context switches per process.
 perf_culvert() {
-    local dir="$RESULTS/culvert/perf" phase
+    local dir="$RESULTS/culvert/perf" phase who load_pid
     mkdir -p "$dir"
     for phase in wrk download; do
-        log "culvert: perf record ($phase, ${PERF_SECONDS} s) of the server and the connector"
-        perf record -e cpu-clock -F 999 -g -p "$CULVERT_SERVER_PID" -o "$dir/server-$phase.data" -- sleep "$PERF_SECONDS" \
-            >"$dir/server-$phase.record.log" 2>&1 &
-        local p1=$!
-        perf record -e cpu-clock -F 999 -g -p "$CULVERT_CONNECTOR_PID" -o "$dir/connector-$phase.data" -- sleep "$PERF_SECONDS" \
-            >"$dir/connector-$phase.record.log" 2>&1 &
-        local p2=$!
+        log "culvert: perf ($phase, ${PERF_SECONDS} s) of the server and the connector"
         if [[ $phase == wrk ]]; then
-            run_child wrk -t"$THREADS" -c"$CONNECTIONS" -d"$((PERF_SECONDS + 2))s" --latency -H "Host: $HOST" \
-                "$URL_BASE/small.txt" >"$dir/wrk.txt" 2>&1 || true
+            wrk -t"$THREADS" -c"$CONNECTIONS" -d"$((PERF_SECONDS + 3))s" --latency -H "Host: $HOST" \
+                "$URL_BASE/small.txt" >"$dir/wrk.txt" 2>&1 &
         else
-            run_child curl -s -o /dev/null --max-time "$((PERF_SECONDS + 2))" -H "Host: $HOST" \
-                -w '%{speed_download}\n' "$URL_BASE/big.bin" >"$dir/download.txt" 2>&1 || true
+            timeout "$((PERF_SECONDS + 3))" bash -c 'while :; do curl -s -o /dev/null -H "Host: $1" \
+                -w "%{speed_download}\n" "$2"; done' _ "$HOST" "$URL_BASE/big.bin" >"$dir/download.txt" 2>&1 &
         fi
-        wait "$p1" "$p2" || log "warning: perf record failed (see $dir)"
-        local who
+        load_pid=$!
+        CHILD_PID=$load_pid
+        sleep 1
+        local pids=()
+        for who in server connector; do
+            local pid="$CULVERT_SERVER_PID"
+            [[ $who == connector ]] && pid="$CULVERT_CONNECTOR_PID"
+            perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$dir/$who-$phase.data" \
+                -- sleep "$PERF_SECONDS" >"$dir/$who-$phase.record.log" 2>&1 &
+            pids+=($!)
+            perf stat -e task-clock,context-switches,cpu-migrations -p "$pid" -o "$dir/$who-$phase.stat.txt" \
+                -- sleep "$PERF_SECONDS" >/dev/null 2>&1 &
+            pids+=($!)
+        done
+        wait "${pids[@]}" || log "warning: perf failed (see $dir)"
+        wait "$load_pid" || true
+        CHILD_PID=""
         for who in server connector; do
             perf report -i "$dir/$who-$phase.data" --no-children --percent-limit 2 --stdio \
                 >"$dir/$who-$phase.report.txt" 2>/dev/null || true
-            perf report -i "$dir/$who-$phase.data" --no-children --sort dso --stdio \
-                >"$dir/$who-$phase.dso.txt" 2>/dev/null || true
+            perf script -i "$dir/$who-$phase.data" -F ip,sym 2>/dev/null |
+                python3 "$LIB/perf_summary.py" >"$dir/$who-$phase.summary.txt" || true
         done
     done
-    log "culvert: perf reports in ${dir#"$ROOT"/}"
+    python3 - "$dir" "$PERF_SECONDS" <<'PY' >"$dir/summary.txt"
+import re, sys
+from pathlib import Path
+d, secs = Path(sys.argv[1]), float(sys.argv[2])
+wrk = (d / "wrk.txt").read_text() if (d / "wrk.txt").exists() else ""
+m = re.search(r"^Requests/sec:\s+([0-9.]+)", wrk, re.M)
+rps = float(m.group(1)) if m else None
+for phase in ("wrk", "download"):
+    for who in ("server", "connector"):
+        st = (d / f"{who}-{phase}.stat.txt")
+        text = st.read_text() if st.exists() else ""
+        ms = re.search(r"([0-9.,]+)\s+msec task-clock", text)
+        cs = re.search(r"([0-9,]+)\s+context-switches", text)
+        cpu = float(ms.group(1).replace(",", "")) / 1000 / secs if ms else None
+        ctx = int(cs.group(1).replace(",", "")) / secs if cs else None
+        line = f"{phase:8} {who:9} CPU {cpu:.2f} cores" if cpu is not None else f"{phase:8} {who:9} CPU n/a"
+        if ctx is not None:
+            line += f", {ctx:,.0f} context switches/s"
+        if phase == "wrk" and rps and cpu is not None:
+            line += f", {cpu / rps * 1e6:.0f} µs CPU and {ctx / rps:.1f} context switches per request at {rps:,.0f} req/s"
+        print(line)
+for phase in ("wrk", "download"):
+    for who in ("server", "connector"):
+        f = d / f"{who}-{phase}.summary.txt"
+        if f.exists():
+            print(f"\n== {who}, {phase}: samples by subsystem")
+            print(f.read_text().rstrip())
+PY
+    log "culvert: perf reports in ${dir#"$ROOT"/} (summary.txt first)"
 }
 
 # ---- the run ---------------------------------------------------------------------
@@ -593,6 +652,7 @@ done
 if want bore; then
     meta_set exceptions "bore's control port $BORE_CONTROL_PORT (fixed by bore; checked free before the run)"
 fi
+if [[ -n "$INSTALL_NOTES" ]]; then meta_set install_notes "${INSTALL_NOTES%; }"; fi
 meta_set loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 "$HELP" write "$RESULTS" "$ROOT/BENCHMARKS.md" >"$RESULTS/section.md"

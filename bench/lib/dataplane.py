@@ -317,9 +317,11 @@ def section(meta: dict, res: dict[str, dict]) -> str:
         f"- Paths measured: {ran}",
         f"- Set-up: nginx `worker_processes {meta['nginx_workers']}`, `sendfile on`, access log off; culvert "
         f"server `--log-level warn`, connector with its default {meta['ha_connections']} QUIC connections; "
-        "rathole `[server]`/`[client]` with a token, default TCP transport; bore server + `bore local`. "
+        "rathole `[server]`/`[client]` with a token, default TCP transport; bore server + `bore local` with a secret. "
         "Each path is started, measured and stopped before the next; nginx runs throughout.",
     ]
+    if meta.get("install_notes"):
+        lines.append(f"- Installs: {meta['install_notes']}")
     if meta.get("exceptions"):
         lines.append(f"- Fixed ports: {meta['exceptions']}")
     lines.append("")
