@@ -61,6 +61,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 }
             },
         };
+        // Responses are written in small pieces (head, then body chunks as
+        // they arrive): Nagle would hold them back for the eyeball's ACK.
+        let _ = tcp.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many HTTP connections; dropping");
             continue;
@@ -179,46 +182,76 @@ async fn proxy(
     })
     .map_err(|e| ProxyError::Send(e.to_string()))?;
     let method = req.method().clone();
-    let body = req.into_body();
+    // A bodyless GET/HEAD/OPTIONS can be sent again if its stream is lost
+    // before any response byte: a connector that is shutting down resets
+    // the streams it had not started to serve.
+    let replayable = !built.has_body
+        && matches!(
+            method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+    let mut body = Some(req.into_body());
     let head = built.request.encode();
+    let timeout = shared.tuning.response_timeout;
 
-    // Try the candidates in round-robin order; only a failure to open a
-    // stream (nothing sent yet) moves on to the next connection.
-    let mut last_err = String::from("no connection tried");
-    let mut opened = None;
+    // Try the candidates in round-robin order; a failure to open a stream
+    // (nothing sent yet) always moves on to the next connection.
+    let mut failure = ProxyError::OpenStream("no connection tried".into());
+    let mut exchange = None;
     for c in candidates.iter().take(MAX_OPEN_ATTEMPTS) {
-        match tokio::time::timeout(shared.tuning.open_stream_timeout, c.conn.open_bi()).await {
-            Ok(Ok(s)) => {
-                opened = Some(s);
+        let (mut send, mut recv) =
+            match tokio::time::timeout(shared.tuning.open_stream_timeout, c.conn.open_bi()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    failure = ProxyError::OpenStream(format!("connection {}: {e}", c.id));
+                    continue;
+                }
+                Err(_) => {
+                    failure = ProxyError::OpenStream(format!(
+                        "connection {}: stream limit reached",
+                        c.id
+                    ));
+                    continue;
+                }
+            };
+        // Preamble + ConnectRequest in one write: cloudflared reads the
+        // version with a single read.
+        if let Err(e) = send.write_all(&head).await {
+            if replayable {
+                failure = ProxyError::Send(format!("connection {}: {e}", c.id));
+                continue;
+            }
+            return Err(ProxyError::Send(e.to_string()));
+        }
+        let eyeball_body = if replayable { None } else { body.take() };
+        let pump = tokio::spawn(pump_request_body(eyeball_body, send, built.has_body));
+        match tokio::time::timeout(timeout, read_response_head(&mut recv)).await {
+            Ok(Ok((resp, rest))) => {
+                exchange = Some((resp, rest, recv));
                 break;
             }
-            Ok(Err(e)) => last_err = format!("connection {}: {e}", c.id),
-            Err(_) => last_err = format!("connection {}: stream limit reached", c.id),
+            Ok(Err(HeadError::Lost(e))) if replayable => {
+                pump.abort();
+                tracing::debug!(conn = %c.id, error = %e, "stream lost before a response; trying another connection");
+                failure = ProxyError::BadResponse(format!("connection {}: {e}", c.id));
+            }
+            Ok(Err(HeadError::Lost(e))) => {
+                pump.abort();
+                return Err(ProxyError::BadResponse(e));
+            }
+            Ok(Err(HeadError::Bad(e))) => {
+                pump.abort();
+                return Err(e);
+            }
+            Err(_) => {
+                pump.abort();
+                let _ = recv.stop(VarInt::from_u32(0));
+                return Err(ProxyError::Timeout(timeout));
+            }
         }
     }
-    let Some((mut send, mut recv)) = opened else {
-        return Err(ProxyError::OpenStream(last_err));
-    };
-
-    // Preamble + ConnectRequest in one write: cloudflared reads the version
-    // with a single read.
-    send.write_all(&head)
-        .await
-        .map_err(|e| ProxyError::Send(e.to_string()))?;
-    let pump = tokio::spawn(pump_request_body(body, send, built.has_body));
-
-    let timeout = shared.tuning.response_timeout;
-    let (resp, rest) = match tokio::time::timeout(timeout, read_response_head(&mut recv)).await {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            pump.abort();
-            return Err(e);
-        }
-        Err(_) => {
-            pump.abort();
-            let _ = recv.stop(VarInt::from_u32(0));
-            return Err(ProxyError::Timeout(timeout));
-        }
+    let Some((resp, rest, recv)) = exchange else {
+        return Err(failure);
     };
     let head = response_head(&resp).map_err(|e| match e {
         ResponseError::Connector(m) => ProxyError::Connector(m),
@@ -270,9 +303,9 @@ impl Drop for RequestSend {
 /// Copies the eyeball's body into the stream, then FIN. An eyeball that
 /// aborts its body, or a pump aborted because the exchange failed, resets
 /// the stream instead.
-async fn pump_request_body(mut body: Incoming, send: quinn::SendStream, has_body: bool) {
+async fn pump_request_body(body: Option<Incoming>, send: quinn::SendStream, has_body: bool) {
     let mut guard = RequestSend(Some(send));
-    if has_body {
+    if has_body && let Some(mut body) = body {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
                 return; // guard resets
@@ -289,28 +322,38 @@ async fn pump_request_body(mut body: Incoming, send: quinn::SendStream, has_body
     guard.finish();
 }
 
+/// Why no response head could be read.
+enum HeadError {
+    /// The stream ended or failed before a single byte arrived: the
+    /// connector never answered, so a safe request may be sent elsewhere.
+    Lost(String),
+    /// The connector answered something that is not a response head.
+    Bad(ProxyError),
+}
+
 /// Reads the preamble and `ConnectResponse`; returns them with any body
 /// bytes that arrived in the same reads. Bounded by the data-stream limits.
 async fn read_response_head(
     recv: &mut quinn::RecvStream,
-) -> Result<(ConnectResponse, Bytes), ProxyError> {
+) -> Result<(ConnectResponse, Bytes), HeadError> {
+    let bad = |m: String| HeadError::Bad(ProxyError::BadResponse(m));
     let limit = DATA_STREAM_PREAMBLE.len() + Limits::DATA_STREAM.max_message_bytes;
     let mut buf = BytesMut::new();
     loop {
         match recv.read_chunk(BODY_CHUNK, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => {
-                return Err(ProxyError::BadResponse(
-                    "stream ended before a response head".into(),
-                ));
+            Ok(None) if buf.is_empty() => {
+                return Err(HeadError::Lost("stream ended without a response".into()));
             }
-            Err(e) => return Err(ProxyError::BadResponse(format!("stream failed: {e}"))),
+            Ok(None) => return Err(bad("stream ended before a response head".into())),
+            Err(e) if buf.is_empty() => return Err(HeadError::Lost(format!("stream failed: {e}"))),
+            Err(e) => return Err(bad(format!("stream failed: {e}"))),
         }
         match ConnectResponse::decode(&buf, &Limits::DATA_STREAM) {
             Ok(Some((resp, used))) => return Ok((resp, buf.split_off(used).freeze())),
             Ok(None) if buf.len() <= limit => continue,
-            Ok(None) => return Err(ProxyError::BadResponse("response head too large".into())),
-            Err(e) => return Err(ProxyError::BadResponse(e.to_string())),
+            Ok(None) => return Err(bad("response head too large".into())),
+            Err(e) => return Err(bad(e.to_string())),
         }
     }
 }

@@ -517,3 +517,63 @@ async fn a_failed_exchange_resets_the_request_stream_instead_of_finishing_it() {
         "{end:?}"
     );
 }
+
+/// Resets every data stream it is given without answering, as a connector
+/// that is shutting down does with streams it had not started to serve.
+fn reset_all(conn: quinn::Connection, count: Arc<AtomicUsize>) {
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = recv.stop(0u32.into());
+            let _ = send.reset(0u32.into());
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_requests_lost_before_any_response_byte_are_retried_elsewhere() {
+    let h = Harness::new(ConfigSource::Cloudflare).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let a0 = h.register(a, 0).await;
+    let b0 = h.register(b, 0).await;
+    let (resets, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    reset_all(a0.conn.clone(), resets.clone());
+    serve(b0.conn.clone(), "b0", served.clone());
+    let host = format!("{}.cfargotunnel.localhost", h.tunnel.id);
+    let eyeball = Harness::eyeball().await;
+
+    // Round robin sends half of these to the resetting connection first.
+    for _ in 0..6 {
+        let r = within(
+            "GET",
+            eyeball.get(h.http_url("/")).header("host", &host).send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "b0");
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 6);
+    assert_eq!(resets.load(Ordering::SeqCst), 3);
+
+    // A request with a body may already have reached the origin: never
+    // replayed, the eyeball gets 502 from the resetting connection.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = within(
+            "POST",
+            eyeball
+                .post(h.http_url("/"))
+                .header("host", &host)
+                .body("payload")
+                .send(),
+        )
+        .await
+        .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 502]);
+    assert_eq!(resets.load(Ordering::SeqCst), 4);
+    drop((a0, b0));
+}
