@@ -94,7 +94,10 @@ pub(crate) fn bind(
     })
 }
 
-/// Accepts connections until shutdown; each becomes an actor on the pool.
+/// Accepts connections until shutdown. Each handshake runs on the main
+/// runtime, so that quinn spawns the connection's driver there, next to the
+/// proxy tasks that open its streams; only the capnp-rpc control session (not
+/// `Send`) becomes an actor on the pinned pool.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     loop {
         let incoming = tokio::select! {
@@ -109,14 +112,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
             incoming.refuse();
             continue;
         }
-        let s = shared.clone();
-        // The JoinHandle is dropped: the actor runs detached and cleans up
-        // after itself.
-        drop(
-            shared
-                .rpc_pool
-                .spawn_pinned(move || serve_incoming(s, incoming)),
-        );
+        // Detached: the task cleans up after itself.
+        tokio::spawn(serve_incoming(shared.clone(), incoming));
     }
 }
 
@@ -140,7 +137,10 @@ async fn serve_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    serve_connection(shared, conn).await;
+    let pool = shared.rpc_pool.clone();
+    // The JoinHandle is dropped: the actor runs detached and cleans up after
+    // itself.
+    drop(pool.spawn_pinned(move || serve_connection(shared, conn)));
 }
 
 /// What the control session learned, shared between the RPC server object
