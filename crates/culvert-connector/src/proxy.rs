@@ -418,8 +418,9 @@ async fn proxy_http(
             write_head(send, &response_head(parts.status.as_u16(), &parts.headers)).await?;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(StreamError::OriginBody)?;
+                // write_chunk hands the Bytes to quinn without a copy.
                 if let Ok(data) = frame.into_data() {
-                    send.write_all(&data).await?;
+                    send.write_chunk(data).await?;
                 }
             }
             Ok(())

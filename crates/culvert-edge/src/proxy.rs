@@ -263,6 +263,8 @@ async fn proxy(
         Empty::new().map_err(|never| match never {}).boxed()
     } else {
         let first = futures::stream::iter((!rest.is_empty()).then_some(Ok(rest)));
+        // One read gathers every chunk quinn holds (up to BODY_CHUNK): fewer,
+        // larger writes to the eyeball than one per QUIC frame.
         let chunks = first
             .chain(tokio_util::io::ReaderStream::with_capacity(
                 recv, BODY_CHUNK,
@@ -313,7 +315,7 @@ async fn pump_request_body(body: Option<Incoming>, send: quinn::SendStream, has_
             // Trailers cannot travel over QUIC data streams; dropped.
             if let Ok(data) = frame.into_data()
                 && let Some(s) = guard.0.as_mut()
-                && s.write_all(&data).await.is_err()
+                && s.write_chunk(data).await.is_err()
             {
                 return;
             }
