@@ -25,7 +25,12 @@ pub fn render(value: &impl Serialize, format: OutputFormat) -> Result<String, Cl
             // Through serde_json::Value so that maps keep the API's key order.
             let v = serde_json::to_value(value)
                 .map_err(|e| CliError::usage(format!("encoding YAML: {e}")))?;
-            serde_saphyr::to_string(&v).map_err(|e| CliError::usage(format!("encoding YAML: {e}")))
+            let mut y = serde_saphyr::to_string(&v)
+                .map_err(|e| CliError::usage(format!("encoding YAML: {e}")))?;
+            if !y.ends_with('\n') {
+                y.push('\n');
+            }
+            Ok(y)
         }
     }
 }

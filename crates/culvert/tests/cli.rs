@@ -491,6 +491,10 @@ async fn tunnel_commands_end_to_end() {
     assert!(!creds_path.exists());
     let o = u.fails(&["tunnel", "delete", &id]).await;
     assert!(o.stderr.contains("has already been deleted"), "{o:?}");
+    let o = u.ok(&["tunnel", "info", &id]).await;
+    assert!(o.stdout.contains("DELETED:"), "{o:?}");
+    let o = u.fails(&["tunnel", "token", &id]).await;
+    assert!(o.stderr.contains("code 1003"), "{o:?}");
     let o = u.ok(&["tunnel", "list", "--show-deleted"]).await;
     assert!(
         o.stdout.contains("DELETED") && o.stdout.contains(&id),
