@@ -984,3 +984,65 @@ mod tests {
         assert!(load_config_file(&y).is_err());
     }
 }
+
+/// cloudflared's multi-letter short aliases (`-np`, `-enp`, `-rd`), which
+/// clap cannot declare, rewritten to the long flags. Only exact arguments
+/// after `tunnel` and before `--` are touched.
+pub fn expand_cloudflared_aliases<I>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator<Item = std::ffi::OsString>,
+{
+    let mut in_tunnel = false;
+    let mut done = false;
+    args.into_iter()
+        .map(|a| {
+            if done {
+                return a;
+            }
+            match a.to_str() {
+                Some("--") => {
+                    done = true;
+                    a
+                }
+                Some("tunnel") => {
+                    in_tunnel = true;
+                    a
+                }
+                Some("-np") if in_tunnel => "--name-prefix".into(),
+                Some("-enp") if in_tunnel => "--exclude-name-prefix".into(),
+                Some("-rd") if in_tunnel => "--show-recently-disconnected".into(),
+                _ => a,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod alias_tests {
+    use super::expand_cloudflared_aliases as expand;
+
+    #[test]
+    fn multi_letter_shorts() {
+        let v = |s: &[&str]| s.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            expand(v(&[
+                "culvert", "tunnel", "list", "-np", "a", "-enp", "b", "-rd"
+            ])),
+            v(&[
+                "culvert",
+                "tunnel",
+                "list",
+                "--name-prefix",
+                "a",
+                "--exclude-name-prefix",
+                "b",
+                "--show-recently-disconnected"
+            ])
+        );
+        assert_eq!(expand(v(&["culvert", "-np"])), v(&["culvert", "-np"]));
+        assert_eq!(
+            expand(v(&["culvert", "tunnel", "--", "-np"])),
+            v(&["culvert", "tunnel", "--", "-np"])
+        );
+    }
+}

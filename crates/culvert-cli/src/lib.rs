@@ -23,6 +23,7 @@ pub mod types;
 pub use cert::OriginCert;
 pub use client::{ApiClient, TunnelFilter};
 pub use commands::{
-    LoginArgs, ManagementOptions, TunnelManagement, login, origin_cert_pem, run_management,
+    LoginArgs, ManagementOptions, TunnelManagement, expand_cloudflared_aliases, login,
+    origin_cert_pem, run_management,
 };
 pub use error::CliError;

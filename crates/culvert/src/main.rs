@@ -426,7 +426,7 @@ async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(culvert_cli::expand_cloudflared_aliases(std::env::args_os()));
     init_logging(cli.log_format, &cli.log_level);
     match cli.command {
         Command::Server(args) => run_server(args).await,

@@ -323,6 +323,14 @@ async fn tunnel_commands_end_to_end() {
     let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["name"], "api");
+    // cloudflared's multi-letter short flags.
+    let o = u
+        .ok(&["tunnel", "list", "-o", "json", "-np", "a", "-rd"])
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&o.stdout).unwrap()[0]["name"],
+        "api"
+    );
     let o = u.ok(&["tunnel", "list", "--id", &id, "-o", "json"]).await;
     assert_eq!(
         serde_json::from_str::<Value>(&o.stdout).unwrap()[0]["name"],
