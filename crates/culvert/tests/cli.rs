@@ -539,6 +539,10 @@ async fn list_fetches_every_page() {
     args.extend(names.iter().map(String::as_str));
     let o = u.ok(&args).await;
     assert_eq!(o.stdout.lines().count(), 23, "{o:?}");
+    assert!(
+        o.stderr.is_empty(),
+        "no progress output when stderr is not a terminal: {o:?}"
+    );
     let o = u.ok(&["tunnel", "list"]).await;
     assert!(o.stdout.contains("No tunnels were found"), "{o:?}");
     s.stop().await;
