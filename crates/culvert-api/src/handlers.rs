@@ -466,6 +466,7 @@ fn verify_view(t: &culvert_store::ApiToken) -> TokenVerifyView {
         status: "active",
         expires_on: t.expires_on.map(crate::timefmt::format_micros),
         not_before: t.not_before.map(crate::timefmt::format_micros),
+        account_id: t.account_id.clone(),
     }
 }
 

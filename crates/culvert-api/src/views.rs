@@ -194,6 +194,8 @@ pub struct TokenVerifyView {
     pub expires_on: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
+    /// culvert extension: the token's account (`culvert login` without `--account`).
+    pub account_id: String,
 }
 
 // ---- request bodies ----------------------------------------------------

@@ -37,8 +37,11 @@ enum LogFormat {
 enum Command {
     /// Run the control plane (REST API) on the embedded store or PostgreSQL.
     Server(ServerArgs),
-    /// Run a connector (our cloudflared): `culvert tunnel [--edge A --cacert CA] run --token T`.
-    Tunnel(culvert_connector::cli::TunnelCommand),
+    /// Run a connector (`culvert tunnel [--edge A --cacert CA] run --token T`) or
+    /// manage tunnels through the API (`create`, `list`, `info`, `delete`, `token`, …).
+    Tunnel(TunnelCli),
+    /// Verify an API token and write an origin certificate (cert.pem) for `culvert tunnel`.
+    Login(culvert_cli::LoginArgs),
     /// Administer accounts and API tokens in the server's store.
     Admin {
         #[command(flatten)]
@@ -46,6 +49,38 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+/// `culvert tunnel`: the connector's flags and subcommands (culvert-connector)
+/// merged with the management commands (culvert-cli).
+#[derive(Args)]
+struct TunnelCli {
+    #[command(flatten)]
+    options: culvert_connector::cli::TunnelOptions,
+    #[command(flatten)]
+    manage: culvert_cli::ManagementOptions,
+    #[command(subcommand)]
+    command: TunnelCliCommand,
+}
+
+#[derive(Subcommand)]
+enum TunnelCliCommand {
+    #[command(flatten)]
+    Connector(culvert_connector::cli::TunnelSubcommand),
+    #[command(flatten)]
+    Manage(culvert_cli::TunnelManagement),
+}
+
+/// Runs a culvert-cli command; its errors are printed as the message alone
+/// (the server's message and code), never as a trace, and exit with 1.
+async fn run_cli(
+    fut: impl std::future::Future<Output = Result<(), culvert_cli::CliError>>,
+) -> Result<()> {
+    if let Err(e) = fut.await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -126,6 +161,22 @@ enum AdminCommand {
     Zone {
         #[command(subcommand)]
         command: ZoneCommand,
+    },
+    /// Print an origin certificate (cert.pem) for an account, for `culvert
+    /// tunnel` or cloudflared's `tunnel --origincert … --api-url …`; mints an
+    /// API token with "Cloudflare Tunnel Write" unless --token is given.
+    Cert {
+        #[arg(long)]
+        account: String,
+        /// Zone id for `tunnel route dns` (default: the account's only zone, if it has one).
+        #[arg(long)]
+        zone: Option<String>,
+        /// API URL to record in the certificate (default: bootstrap.json's api_url).
+        #[arg(long)]
+        api_url: Option<String>,
+        /// Use this existing API token instead of minting one.
+        #[arg(long, hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -240,6 +291,7 @@ fn parse_time_arg(flag: &str, v: Option<String>) -> Result<Option<i64>> {
 }
 
 async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
+    let data_dir = store.data_dir.clone();
     let store = store.open().await?;
     match command {
         AdminCommand::Account {
@@ -325,6 +377,42 @@ async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
                 println!("{}\t{}\t{}", z.id, z.account_id, z.name);
             }
         }
+        AdminCommand::Cert {
+            account,
+            zone,
+            api_url,
+            token,
+        } => {
+            if store.get_account(&account).await?.is_none() {
+                bail!("no account {account}");
+            }
+            let zone = match zone {
+                Some(z) => Some(z),
+                None => match store.list_zones(Some(&account)).await?.as_slice() {
+                    [only] => Some(only.id.clone()),
+                    _ => None,
+                },
+            };
+            let api_url = api_url.or_else(|| {
+                let text = std::fs::read_to_string(data_dir.join("bootstrap.json")).ok()?;
+                serde_json::from_str::<server::Bootstrap>(&text)
+                    .ok()
+                    .map(|b| b.api_url)
+            });
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    let groups = vec![culvert_api::auth::TUNNEL_WRITE.to_owned()];
+                    server::create_token(&store, &account, "cert.pem", groups, None, None)
+                        .await?
+                        .1
+                }
+            };
+            print!(
+                "{}",
+                culvert_cli::origin_cert_pem(&account, zone.as_deref(), &token, api_url.as_deref())
+            );
+        }
         AdminCommand::Token {
             command: TokenCommand::Revoke { id },
         } => {
@@ -338,11 +426,38 @@ async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(culvert_cli::expand_cloudflared_aliases(std::env::args_os()));
     init_logging(cli.log_format, &cli.log_level);
     match cli.command {
         Command::Server(args) => run_server(args).await,
         Command::Admin { store, command } => run_admin(store, command).await,
-        Command::Tunnel(cmd) => culvert_connector::cli::run_tunnel_command(cmd).await,
+        Command::Tunnel(TunnelCli {
+            options,
+            manage,
+            command,
+        }) => match command {
+            TunnelCliCommand::Connector(command) => {
+                culvert_connector::cli::run_tunnel_command(culvert_connector::cli::TunnelCommand {
+                    options,
+                    command,
+                })
+                .await
+            }
+            TunnelCliCommand::Manage(command) => {
+                run_cli(culvert_cli::run_management(&manage, command)).await
+            }
+        },
+        Command::Login(args) => run_cli(culvert_cli::login(args)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// The merged `tunnel` tree (connector + management) has no clashing flags.
+    #[test]
+    fn clap_definition_is_valid() {
+        super::Cli::command().debug_assert();
     }
 }
