@@ -26,9 +26,13 @@
 //! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
 //! - [`orchestrator`] — the live configuration and versioned pushes.
 //! - [`identity`] — token extras, client info and registration params.
+//! - [`access`] — `originRequest.access` token checks.
+//! - [`localconfig`] — cloudflared's `config.yml` and credentials files,
+//!   reload on change / SIGHUP.
 //! - [`backoff`], [`tls`], [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod backoff;
 pub mod cli;
 pub mod connector;
