@@ -38,6 +38,7 @@ pub mod cli;
 pub mod connector;
 pub mod error;
 pub mod identity;
+pub mod localconfig;
 pub mod metrics;
 pub mod orchestrator;
 pub mod origin;
