@@ -377,3 +377,53 @@ async fn url_and_hello_world_without_a_config_file() {
     c.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_request_options_through_the_tunnel() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let origin = origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (id, creds) = local_tunnel(&s, dir.path(), "local-opts").await;
+    let host = format!("{id}.cfargotunnel.localhost");
+    let svc = format!("http://{}", origin.addr);
+    let cfg = dir.path().join("config.yml");
+    // Access keys from a port nobody listens on: every token is refused,
+    // and a request without one never reaches the origin.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let certs = format!("http://{}/certs", closed.local_addr().unwrap());
+    drop(closed);
+    std::fs::write(
+        &cfg,
+        format!(
+            "tunnel: {id}\n\
+             credentials-file: {creds}\n\
+             originRequest:\n  httpHostHeader: rewritten.internal\n\
+             ingress:\n\
+             \x20 - hostname: {host}\n    path: ^/secure\n    service: {svc}\n    originRequest:\n      access:\n        required: true\n        teamName: myteam\n        audTag: [aud]\n        certsUrl: {certs}\n\
+             \x20 - hostname: {host}\n    service: {svc}\n\
+             \x20 - service: http_status:404\n",
+            creds = creds.display()
+        ),
+    )
+    .unwrap();
+    let c = run_tunnel(
+        &s,
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "run"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let resp = public(&s, &host, "/hello").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-seen-host"], "rewritten.internal");
+    let resp = public(&s, &host, "/secure").send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = public(&s, &host, "/secure")
+        .header("Cf-Access-Jwt-Assertion", "e30.e30.sig")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    c.stop().await;
+    s.stop().await;
+}
