@@ -26,7 +26,8 @@
 //! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
 //! - [`orchestrator`] — the live configuration and versioned pushes.
 //! - [`identity`] — token extras, client info and registration params.
-//! - [`access`] — `originRequest.access` token checks.
+//! - [`access`] — `originRequest.access` token checks; [`socks`] — SOCKS5
+//!   for `proxyType: socks` and `socks-proxy` stream requests.
 //! - [`localconfig`] — cloudflared's `config.yml` and credentials files,
 //!   reload on change / SIGHUP.
 //! - [`backoff`], [`tls`], [`metrics`], [`error`].
@@ -44,6 +45,7 @@ pub mod orchestrator;
 pub mod origin;
 pub mod proxy;
 pub mod rpc;
+pub mod socks;
 pub mod tls;
 
 pub use backoff::BackoffPolicy;
