@@ -300,6 +300,18 @@ pub fn initial_ingress(
     opts: &TunnelOptions,
     config: Option<&LocalConfig>,
 ) -> Result<(Ingress, String), ConnectorError> {
+    // cloudflared reads any flag from the file too; `url` and `hello-world`
+    // are the ones that shape the ingress (flags win).
+    let mut merged;
+    let opts = match config {
+        Some(c) if opts.url.is_none() && !opts.hello_world => {
+            merged = opts.clone();
+            merged.url = c.flag_string("url");
+            merged.hello_world = c.flag_bool("hello-world");
+            &merged
+        }
+        _ => opts,
+    };
     let mut flags = serde_json::Map::new();
     if let Some(c) = config {
         flags.insert("config".into(), c.source.display().to_string().into());
@@ -621,7 +633,12 @@ pub async fn run_tunnel_command_with(
         );
     }
     let connector = Connector::new(config).context("starting the connector")?;
-    let metrics_task = match &cmd.options.metrics {
+    let metrics = cmd
+        .options
+        .metrics
+        .clone()
+        .or_else(|| local.as_ref().and_then(|c| c.flag_string("metrics")));
+    let metrics_task = match &metrics {
         Some(addr) => {
             let listener = crate::metrics::bind(addr).await?;
             let state = connector.state();
@@ -845,6 +862,18 @@ mod tests {
         .unwrap();
         let e = cc(&t).unwrap_err().to_string();
         assert!(e.contains(URL_INCOMPATIBLE_WITH_INGRESS), "{e}");
+        // Flags as keys of the file: `url:` serves a single origin.
+        std::fs::write(
+            &cfg,
+            format!("tunnel: {ID}\nurl: localhost:8080\nhello-world: false\n"),
+        )
+        .unwrap();
+        let t = parse(&["--edge", "e:1", "--config", c, "run"]).unwrap();
+        let conf = cc(&t).unwrap();
+        assert_eq!(
+            conf.initial_ingress.rules[0].service.to_string(),
+            "http://localhost:8080"
+        );
         // A missing --config file is an error, not a silent default.
         let t = parse(&["--config", "/nonexistent/c.yml", "run"]).unwrap();
         assert!(cc(&t).is_err());

@@ -12,8 +12,7 @@
 //! Boundaries: wire formats come from `culvert-proto` (never re-implemented
 //! here) and rule parsing/matching from `culvert-ingress`; this crate owns
 //! the I/O — QUIC, capnp-rpc sessions, HTTP proxying, backoff, signals,
-//! metrics. The HTTP/2 transport, websocket/TCP/UDP flows and most
-//! `originRequest` options are later work. The `culvert` binary mounts
+//! metrics, local configuration files. The `culvert` binary mounts
 //! [`cli::TunnelCommand`] as its `tunnel` subcommand and calls
 //! [`cli::run_tunnel_command`]; everything below that layer returns
 //! [`ConnectorError`].

@@ -132,6 +132,21 @@ impl LocalConfig {
         }
     }
 
+    /// A command-line flag given as a key of the file (cloudflared accepts
+    /// any flag there, e.g. `url: http://localhost:8000`).
+    pub fn flag_string(&self, key: &str) -> Option<String> {
+        self.string(key)
+    }
+
+    /// A boolean flag given as a key of the file.
+    pub fn flag_bool(&self, key: &str) -> bool {
+        match self.doc.get(key) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.trim().eq_ignore_ascii_case("true"),
+            _ => false,
+        }
+    }
+
     /// `tunnel:` (UUID or name).
     pub fn tunnel(&self) -> Option<String> {
         self.string("tunnel")
