@@ -53,6 +53,10 @@ pub struct ConnectorConfig {
     pub initial_ingress: Ingress,
     /// TLS server name of the edge.
     pub server_name: String,
+    /// What connection 0 uploads with `updateLocalConfiguration` when the
+    /// edge says the tunnel is locally managed; `None` = cloudflared's
+    /// document for the default 503 rule.
+    pub local_config_json: Option<String>,
 }
 
 impl ConnectorConfig {
@@ -71,6 +75,7 @@ impl ConnectorConfig {
             rpc_timeout: Duration::from_secs(5),
             initial_ingress: Ingress::default_no_rules(),
             server_name: EDGE_QUIC_SERVER_NAME.to_owned(),
+            local_config_json: None,
         }
     }
 }
@@ -155,6 +160,9 @@ impl Connector {
         }
         let quic = edge_quic_config(config.ca_pem.as_deref())?;
         let orchestrator = Arc::new(Orchestrator::new(config.initial_ingress.clone())?);
+        orchestrator.set_local_json(config.local_config_json.clone().unwrap_or_else(|| {
+            crate::localconfig::upload_json(None, None, None, &serde_json::Map::new())
+        }));
         let connector_id = Uuid::new_v4();
         tracing::info!(%connector_id, "Generated Connector ID");
         Ok(Connector {
@@ -432,6 +440,27 @@ async fn serve_connection(
     );
     let ready = shared.state.up();
     on_registered();
+    // cloudflared uploads its local configuration on connection 0 of a
+    // locally managed tunnel, and we again after each reload.
+    let uploader = (index == 0 && !details.tunnel_is_remotely_managed).then(|| {
+        let up = session.local_config_uploader();
+        let mut rx = shared.orchestrator.local_json();
+        let timeout = cfg.rpc_timeout;
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let json = rx.borrow_and_update().clone();
+                if let Some(json) = json {
+                    match up.upload(json, timeout).await {
+                        Ok(()) => tracing::debug!("uploaded the local configuration"),
+                        Err(e) => tracing::warn!(error = %e, "updateLocalConfiguration failed"),
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }))
+    });
 
     let tracker = TaskTracker::new();
     let lost = loop {
@@ -453,6 +482,7 @@ async fn serve_connection(
     }
 
     // Graceful shutdown: unregister, drain in-flight streams, close.
+    drop(uploader);
     drop(ready);
     match session.unregister(cfg.rpc_timeout).await {
         Ok(()) => tracing::info!(conn_index = index, "Unregistered tunnel connection"),
@@ -496,6 +526,15 @@ async fn serve_connection(
     conn.close(quinn::VarInt::from_u32(0), b"");
     let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
     Ok(())
+}
+
+/// Aborts a task when dropped (a connection's helper tasks end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How long a connection keeps accepting streams after unregistering.

@@ -12,8 +12,7 @@
 //! Boundaries: wire formats come from `culvert-proto` (never re-implemented
 //! here) and rule parsing/matching from `culvert-ingress`; this crate owns
 //! the I/O — QUIC, capnp-rpc sessions, HTTP proxying, backoff, signals,
-//! metrics. The HTTP/2 transport, websocket/TCP/UDP flows and most
-//! `originRequest` options are later work. The `culvert` binary mounts
+//! metrics, local configuration files. The `culvert` binary mounts
 //! [`cli::TunnelCommand`] as its `tunnel` subcommand and calls
 //! [`cli::run_tunnel_command`]; everything below that layer returns
 //! [`ConnectorError`].
@@ -26,19 +25,26 @@
 //! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
 //! - [`orchestrator`] — the live configuration and versioned pushes.
 //! - [`identity`] — token extras, client info and registration params.
+//! - [`access`] — `originRequest.access` token checks; [`socks`] — SOCKS5
+//!   for `proxyType: socks` and `socks-proxy` stream requests.
+//! - [`localconfig`] — cloudflared's `config.yml` and credentials files,
+//!   reload on change / SIGHUP.
 //! - [`backoff`], [`tls`], [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod backoff;
 pub mod cli;
 pub mod connector;
 pub mod error;
 pub mod identity;
+pub mod localconfig;
 pub mod metrics;
 pub mod orchestrator;
 pub mod origin;
 pub mod proxy;
 pub mod rpc;
+pub mod socks;
 pub mod tls;
 
 pub use backoff::BackoffPolicy;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use culvert_ingress::{Ingress, Rule};
 use culvert_proto::registration::UpdateConfigurationResponse;
+use tokio::sync::watch;
 
 use crate::error::ConnectorError;
 use crate::origin::{Origin, prepare_origins};
@@ -63,6 +64,9 @@ pub struct Orchestrator {
     current: ArcSwap<ConfigSnapshot>,
     /// Serialises pushes (they arrive on any connection); readers never lock.
     update: Mutex<()>,
+    /// The local configuration JSON that connection 0 uploads with
+    /// `updateLocalConfiguration` when the tunnel is locally managed.
+    local_json: watch::Sender<Option<Arc<str>>>,
 }
 
 impl Orchestrator {
@@ -71,7 +75,34 @@ impl Orchestrator {
         Ok(Orchestrator {
             current: ArcSwap::from_pointee(ConfigSnapshot::new(INITIAL_VERSION, initial)?),
             update: Mutex::new(()),
+            local_json: watch::Sender::new(None),
         })
+    }
+
+    /// Sets the local configuration JSON to upload (see [`Self::local_json`]).
+    pub fn set_local_json(&self, json: String) {
+        self.local_json.send_replace(Some(json.into()));
+    }
+
+    /// The local configuration JSON, updated on every reload.
+    pub fn local_json(&self) -> watch::Receiver<Option<Arc<str>>> {
+        self.local_json.subscribe()
+    }
+
+    /// Applies a reloaded local configuration: swaps the ingress (in-flight
+    /// requests keep their snapshot) unless the edge has pushed a remote
+    /// configuration, which takes precedence as in cloudflared. Returns
+    /// whether the ingress was applied; the JSON to upload is updated
+    /// either way.
+    pub fn apply_local(&self, ingress: Ingress, json: String) -> Result<bool, ConnectorError> {
+        let _guard = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        if self.version() != INITIAL_VERSION {
+            return Ok(false);
+        }
+        let snapshot = ConfigSnapshot::new(INITIAL_VERSION, ingress)?;
+        self.current.store(Arc::new(snapshot));
+        self.set_local_json(json);
+        Ok(true)
     }
 
     /// The configuration new requests use.
@@ -175,6 +206,28 @@ mod tests {
         assert!(matches!(
             o.snapshot().route("x.test", "/").2,
             Origin::Status(404)
+        ));
+    }
+
+    #[test]
+    fn local_reloads_until_a_remote_push() {
+        let o = Orchestrator::new(Ingress::default_no_rules()).unwrap();
+        let rx = o.local_json();
+        let local: serde_json::Value = serde_json::from_str(CFG).unwrap();
+        let ingress = culvert_ingress::parse_local_config(&local).unwrap();
+        assert!(o.apply_local(ingress.clone(), "v1".into()).unwrap());
+        assert_eq!(rx.borrow().as_deref(), Some("v1"));
+        assert!(matches!(
+            o.snapshot().route("app.test", "/").2,
+            Origin::Http(_)
+        ));
+        assert_eq!(o.version(), INITIAL_VERSION);
+        let r = o.update_configuration(0, br#"{"ingress":[{"service":"http_status:418"}]}"#);
+        assert_eq!(r.latest_applied_version, 0);
+        assert!(!o.apply_local(ingress, "v2".into()).unwrap());
+        assert!(matches!(
+            o.snapshot().route("app.test", "/").2,
+            Origin::Status(418)
         ));
     }
 

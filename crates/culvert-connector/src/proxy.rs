@@ -391,7 +391,7 @@ async fn proxy_http(
             Ok(())
         }
         Origin::Http(http) => {
-            let (url, client) = (&http.url, &http.client);
+            let url = &http.url;
             let body = if head.has_body() {
                 request_body(initial, recv)
             } else {
@@ -405,8 +405,17 @@ async fn proxy_http(
                     return Ok(());
                 }
             };
-            let resp = match client.request(origin_req).await {
+            let resp = match http.send(origin_req).await {
                 Ok(r) => r,
+                Err(crate::origin::SendError::Forbidden(why)) => {
+                    tracing::info!(host = %head.host, %why, "request refused by originRequest.access");
+                    let forbidden = HttpResponseHead {
+                        status: 403,
+                        headers: Vec::new(),
+                        extra: Vec::new(),
+                    };
+                    return write_head(send, &forbidden).await;
+                }
                 Err(e) => {
                     let msg = format!("unable to reach the origin service {url}: {e}");
                     tracing::warn!(host = %head.host, error = %msg, "origin request failed");

@@ -20,7 +20,7 @@ use capnp_rpc::{RpcSystem, twoparty};
 use culvert_proto::framing::Limits;
 use culvert_proto::registration::{
     ConnectionDetails, ConnectionResponse, RegisterConnectionParams, RegisterUdpSessionResponse,
-    UpdateConfigurationParams,
+    UpdateConfigurationParams, UpdateLocalConfigurationParams,
 };
 use culvert_proto::schema::tunnelrpc_capnp::{
     cloudflared_server, configuration_manager, registration_server, session_manager,
@@ -36,15 +36,48 @@ use crate::orchestrator::Orchestrator;
 pub const RPC_STREAM_LIFETIME: Duration = Duration::from_secs(30);
 
 type UnregisterReply = oneshot::Sender<Result<(), ConnectorError>>;
+/// An `updateLocalConfiguration` request: the JSON and where to answer.
+type LocalConfigCall = (Arc<str>, oneshot::Sender<Result<(), ConnectorError>>);
 
 /// A registered control session. Dropping it ends the RPC session.
 #[derive(Debug)]
 pub struct ControlSession {
     unregister: Option<oneshot::Sender<UnregisterReply>>,
+    local_config: tokio::sync::mpsc::Sender<LocalConfigCall>,
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Sends `updateLocalConfiguration` on a control session (cloneable, so an
+/// uploader task can run beside the session's owner).
+#[derive(Debug, Clone)]
+pub struct LocalConfigUploader(tokio::sync::mpsc::Sender<LocalConfigCall>);
+
+impl LocalConfigUploader {
+    /// Calls `RegistrationServer.updateLocalConfiguration(config)` and waits
+    /// (bounded by `timeout`) for the edge's answer.
+    pub async fn upload(&self, config: Arc<str>, timeout: Duration) -> Result<(), ConnectorError> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send((config, tx))
+            .await
+            .map_err(|_| ConnectorError::Task("control session ended".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ConnectorError::Task("control session ended".into())),
+            Err(_) => Err(ConnectorError::Timeout {
+                what: "updateLocalConfiguration",
+                after: timeout,
+            }),
+        }
+    }
+}
+
 impl ControlSession {
+    /// A handle for `updateLocalConfiguration` calls.
+    pub fn local_config_uploader(&self) -> LocalConfigUploader {
+        LocalConfigUploader(self.local_config.clone())
+    }
+
     /// Calls `unregisterConnection` and waits for the answer (bounded by
     /// `timeout`). The RPC session then disconnects.
     pub async fn unregister(&mut self, timeout: Duration) -> Result<(), ConnectorError> {
@@ -83,7 +116,9 @@ pub async fn register(
 ) -> Result<(ConnectionDetails, ControlSession), ConnectorError> {
     let (reg_tx, reg_rx) = oneshot::channel::<Result<ConnectionDetails, ConnectorError>>();
     let (unreg_tx, unreg_rx) = oneshot::channel::<UnregisterReply>();
-    let done = pool.spawn_pinned(move || control_session(send, recv, params, reg_tx, unreg_rx));
+    let (local_tx, local_rx) = tokio::sync::mpsc::channel::<LocalConfigCall>(1);
+    let done =
+        pool.spawn_pinned(move || control_session(send, recv, params, reg_tx, unreg_rx, local_rx));
     let done = tokio::spawn(async move {
         let _ = done.await;
     });
@@ -102,6 +137,7 @@ pub async fn register(
             details,
             ControlSession {
                 unregister: Some(unreg_tx),
+                local_config: local_tx,
                 done,
             },
         )),
@@ -118,6 +154,7 @@ async fn control_session(
     params: RegisterConnectionParams,
     reg_tx: oneshot::Sender<Result<ConnectionDetails, ConnectorError>>,
     unreg_rx: oneshot::Receiver<UnregisterReply>,
+    mut local_rx: tokio::sync::mpsc::Receiver<LocalConfigCall>,
 ) {
     let network = twoparty::VatNetwork::new(
         recv,
@@ -151,11 +188,29 @@ async fn control_session(
     let registered = result.is_ok();
     let _ = reg_tx.send(result);
     if registered {
-        tokio::select! {
-            reply = unreg_rx => {
-                if let Ok(reply) = reply {
-                    let r = client
-                        .unregister_connection_request()
+        tokio::pin!(unreg_rx);
+        loop {
+            tokio::select! {
+                reply = &mut unreg_rx => {
+                    if let Ok(reply) = reply {
+                        let r = client
+                            .unregister_connection_request()
+                            .send()
+                            .promise
+                            .await
+                            .map(|_| ())
+                            .map_err(ConnectorError::Rpc);
+                        let _ = reply.send(r);
+                    }
+                    break;
+                }
+                Some((config, reply)) = local_rx.recv() => {
+                    let mut req = client.update_local_configuration_request();
+                    UpdateLocalConfigurationParams {
+                        config: config.as_bytes().to_vec(),
+                    }
+                    .write_to(req.get());
+                    let r = req
                         .send()
                         .promise
                         .await
@@ -163,9 +218,9 @@ async fn control_session(
                         .map_err(ConnectorError::Rpc);
                     let _ = reply.send(r);
                 }
+                // The edge or the connection ended the session.
+                _ = &mut rpc_task => return,
             }
-            // The edge or the connection ended the session.
-            _ = &mut rpc_task => return,
         }
     }
     drop(client);

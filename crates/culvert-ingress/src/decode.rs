@@ -165,12 +165,16 @@ fn access(v: &Value, path: &str, d: Dialect) -> Result<Option<Access>> {
         return Ok(None);
     };
     let mut a = Access::default();
-    for (key, name, value) in fields(map, &["required", "teamName", "audTag", "environment"]) {
+    for (key, name, value) in fields(
+        map,
+        &["required", "teamName", "audTag", "environment", "certsUrl"],
+    ) {
         let p = join(path, key);
         match name {
             "required" => set(&mut a.required, boolean(value, &p)?),
             "teamName" => set(&mut a.team_name, string(value, &p, d)?),
             "environment" => set(&mut a.environment, string(value, &p, d)?),
+            "certsUrl" => set(&mut a.certs_url, string(value, &p, d)?),
             _ => a.aud_tag = string_list(value, &p, d)?,
         }
     }
@@ -564,7 +568,7 @@ mod tests {
             "keepAliveConnections": 4, "keepAliveTimeout": 5, "httpHostHeader": "h",
             "originServerName": "o", "matchSNItoHost": true, "caPool": "/ca", "noTLSVerify": true,
             "disableChunkedEncoding": true, "http2Origin": true, "proxyType": "socks",
-            "access": {"audTag": ["a", null], "teamName": "t", "required": true, "environment": "fed"},
+            "access": {"audTag": ["a", null], "teamName": "t", "required": true, "environment": "fed", "certsUrl": "http://idp.test/certs"},
             "bastionMode": false, "proxyAddress": "0.0.0.0", "proxyPort": 1080,
             "ipRules": [{"prefix": "10.0.0.0/8", "ports": [80, null], "allow": true}, null]
         }, "warp-routing": {"enabled": true, "connectTimeout": 7, "tcpKeepAlive": 8, "maxActiveFlows": 9}}))
@@ -608,7 +612,8 @@ mod tests {
                 required: true,
                 team_name: "t".into(),
                 aud_tag: vec!["a".into(), String::new()],
-                environment: "fed".into()
+                environment: "fed".into(),
+                certs_url: "http://idp.test/certs".into(),
             })
         );
         assert_eq!(

@@ -112,6 +112,13 @@ pub struct Access {
     /// Access environment (e.g. `fed`); empty for the default.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub environment: String,
+    /// culvert extension: where the connector fetches the signing keys (a
+    /// JWKS document). Empty means cloudflared's
+    /// `https://<teamName>.cloudflareaccess.com/cdn-cgi/access/certs`; set it
+    /// for a self-hosted identity provider or offline tests. cloudflared
+    /// ignores the key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certs_url: String,
 }
 
 /// One `originRequest.ipRules` entry as written.
@@ -585,6 +592,7 @@ mod tests {
                 team_name: "t".into(),
                 aud_tag: vec!["a".into()],
                 environment: String::new(),
+                certs_url: String::new(),
             }),
             ..OriginRequest::default()
         };
