@@ -343,6 +343,12 @@ impl Ctx {
     }
 }
 
+/// Resolves a tunnel name to its id through the API, as cloudflared does for
+/// `tunnel run NAME` (cert.pem and the API URL as for the other commands).
+pub async fn resolve_tunnel(opts: &ManagementOptions, name_or_id: &str) -> Result<Uuid, CliError> {
+    Ctx::open(opts)?.find_id(name_or_id).await
+}
+
 /// Runs a management subcommand of `culvert tunnel`.
 pub async fn run_management(
     opts: &ManagementOptions,

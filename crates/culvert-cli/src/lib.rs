@@ -24,6 +24,6 @@ pub use cert::OriginCert;
 pub use client::{ApiClient, TunnelFilter};
 pub use commands::{
     LoginArgs, ManagementOptions, TunnelManagement, expand_cloudflared_aliases, login,
-    origin_cert_pem, run_management,
+    origin_cert_pem, resolve_tunnel, run_management,
 };
 pub use error::CliError;

@@ -436,7 +436,20 @@ async fn main() -> Result<()> {
             manage,
             command,
         }) => match command {
-            TunnelCliCommand::Connector(command) => {
+            TunnelCliCommand::Connector(mut command) => {
+                // `tunnel run NAME`: cloudflared looks the name up with the
+                // origin certificate; the credentials file then goes by UUID.
+                if let culvert_connector::cli::TunnelSubcommand::Run(run) = &mut command
+                    && run.token.is_none()
+                    && run.token_file.is_none()
+                    && let Some(name) = run.tunnel.as_mut()
+                    && uuid::Uuid::parse_str(name).is_err()
+                {
+                    match culvert_cli::resolve_tunnel(&manage, name).await {
+                        Ok(id) => *name = id.to_string(),
+                        Err(e) => return run_cli(async { Err(e) }).await,
+                    }
+                }
                 culvert_connector::cli::run_tunnel_command(culvert_connector::cli::TunnelCommand {
                     options,
                     command,
