@@ -168,6 +168,10 @@ async fn proxy(
     if candidates.is_empty() {
         return Err(ProxyError::NoConnection(tunnel));
     }
+    // The first candidate's transport carries the request (HTTP/2: h2conn).
+    if candidates[0].conn.http2().is_some() {
+        return crate::h2conn::proxy(shared, &candidates, req, raw_host, peer, ray).await;
+    }
     let built = build_connect_request(&EyeballHead {
         method: req.method(),
         uri: req.uri(),
@@ -186,8 +190,12 @@ async fn proxy(
     // stream (nothing sent yet) moves on to the next connection.
     let mut last_err = String::from("no connection tried");
     let mut opened = None;
-    for c in candidates.iter().take(MAX_OPEN_ATTEMPTS) {
-        match tokio::time::timeout(shared.tuning.open_stream_timeout, c.conn.open_bi()).await {
+    for (c, quic) in candidates
+        .iter()
+        .filter_map(|c| c.conn.quic().map(|q| (c, q)))
+        .take(MAX_OPEN_ATTEMPTS)
+    {
+        match tokio::time::timeout(shared.tuning.open_stream_timeout, quic.open_bi()).await {
             Ok(Ok(s)) => {
                 opened = Some(s);
                 break;

@@ -560,5 +560,7 @@ pub fn connector_config(
         base: Duration::from_millis(100),
         max_exponent: 3,
     };
+    // This edge speaks QUIC only: no fallback to HTTP/2 after retries.
+    c.protocol = culvert_connector::TransportProtocol::Quic;
     c
 }
