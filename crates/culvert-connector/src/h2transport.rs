@@ -253,21 +253,27 @@ pub(crate) async fn serve_connection(
     }
     let deadline = tokio::time::Instant::now() + cfg.grace_period;
     let linger = cfg.grace_period.min(UNREGISTER_LINGER);
+    // A JoinHandle must not be polled again once it completed.
+    let mut conn_done = false;
     tokio::select! {
         _ = tokio::time::sleep(linger) => {}
-        _ = &mut conn_task => {}
+        _ = &mut conn_task => conn_done = true,
     }
     ctx.tracker.close();
-    tokio::select! {
-        _ = ctx.tracker.wait() => {}
-        _ = &mut conn_task => {}
-        _ = tokio::time::sleep_until(deadline) => {
-            tracing::warn!(conn_index = index, in_flight = ctx.tracker.len(), "grace period over; closing with requests in flight");
+    if !conn_done {
+        tokio::select! {
+            _ = ctx.tracker.wait() => {}
+            _ = &mut conn_task => conn_done = true,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(conn_index = index, in_flight = ctx.tracker.len(), "grace period over; closing with requests in flight");
+            }
         }
     }
     session.finish(Duration::from_secs(1)).await;
     stop.cancel();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), &mut conn_task).await;
+    if !conn_done {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), &mut conn_task).await;
+    }
     Ok(())
 }
 

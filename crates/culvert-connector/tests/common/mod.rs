@@ -212,7 +212,7 @@ impl registration_server::Server for Registrar {
     }
 }
 
-fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+pub fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
         KeyPair, KeyUsagePurpose,
