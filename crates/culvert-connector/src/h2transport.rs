@@ -14,8 +14,11 @@
 //!   with QUIC); the origin's headers go back serialised in
 //!   `cf-cloudflared-response-headers` ([`response_headers`]).
 //!
-//! WebSocket and TCP requests are answered with a connector error (502)
-//! for now. Bounds: concurrent streams, windows, frame and header sizes are
+//! - `websocket`: the origin's 101 becomes 200 and the bodies carry the raw
+//!   frames both ways ([`websocket`]).
+//!
+//! TCP (private routing) requests are answered with a connector error
+//! (502) for now. Bounds: concurrent streams, windows, frame and header sizes are
 //! fixed below; bodies stream under HTTP/2 flow control.
 
 use std::convert::Infallible;
@@ -51,7 +54,11 @@ use crate::connector::{AttemptFailure, Shared, UNREGISTER_LINGER, resolve};
 use crate::error::ConnectorError;
 use crate::identity::register_params;
 use crate::origin::BoxError;
-use crate::proxy::{HttpOutcome, ProxyContext, ResponseBody, canonical_header_key, serve_http};
+use crate::origin::Origin;
+use crate::proxy::{
+    HttpOutcome, ProxyContext, ResponseBody, build_origin_request, canonical_header_key, dest_path,
+    serve_http,
+};
 use crate::rpc::register;
 use crate::tls::edge_tls_config;
 
@@ -299,8 +306,14 @@ async fn handle(ctx: Arc<ServiceCtx>, req: Request<Incoming>) -> Response<RespBo
             let token = ctx.tracker.token();
             http(&ctx, req, token).await
         }
-        RequestKind::Websocket | RequestKind::Tcp => {
-            tracing::warn!(kind = ?kind, "HTTP/2 websocket/TCP requests are not supported by this connector yet");
+        RequestKind::Websocket => {
+            let token = ctx.tracker.token();
+            websocket(&ctx, req, token).await
+        }
+        RequestKind::Tcp => {
+            tracing::warn!(
+                "HTTP/2 TCP (private routing) requests are not supported by this connector yet"
+            );
             connector_error(StatusCode::BAD_GATEWAY)
         }
     }
@@ -404,6 +417,123 @@ async fn http(
             resp
         }
     }
+}
+
+/// A websocket over HTTP/2 (§5.2): the origin is dialled with the upgrade
+/// headers; its 101 travels as 200 (with `Sec-Websocket-Accept`,
+/// `Connection` and `Upgrade` in the serialised headers), then the request
+/// body carries the eyeball's raw frames to the origin and the response
+/// body the origin's back, unchanged. Another status from the origin is
+/// relayed as a plain response.
+async fn websocket(
+    ctx: &ServiceCtx,
+    req: Request<Incoming>,
+    token: TaskTrackerToken,
+) -> Response<RespBody> {
+    let mut head = request_head(&req, false);
+    head.websocket = true;
+    let snapshot = ctx.proxy.orchestrator.snapshot();
+    let (path, _) = dest_path(&head.dest);
+    let (_, rule, origin) = snapshot.route(&head.host, &path);
+    let Origin::Http(http) = origin else {
+        tracing::debug!(dest = %head.dest, "websocket to a service that is not HTTP");
+        return connector_error(StatusCode::BAD_GATEWAY);
+    };
+    let mut origin_req = match build_origin_request(
+        &head,
+        &http.url,
+        rule,
+        ctx.proxy.connector_id,
+        empty_body_for_origin(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket origin request");
+            return connector_error(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let h = origin_req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let mut resp = match http.client.request(origin_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(url = %http.url, error = %e, "websocket origin unreachable");
+            return connector_error(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let resp_head = HttpResponseHead {
+        status: resp.status().as_u16(),
+        headers: resp
+            .headers()
+            .iter()
+            .filter(|(n, _)| *n != header::TRANSFER_ENCODING)
+            .map(|(n, v)| {
+                (
+                    canonical_header_key(n.as_str()),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        extra: Vec::new(),
+    };
+    let headers = response_headers(&resp_head);
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let mut out = Response::new(
+            Tracked {
+                body: resp.into_body().map_err(BoxError::from).boxed_unsync(),
+                _token: token,
+            }
+            .boxed_unsync(),
+        );
+        *out.status_mut() = resp_head_status(resp_head.status);
+        *out.headers_mut() = headers;
+        return out;
+    }
+    let upgraded = match hyper::upgrade::on(&mut resp).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "websocket origin upgrade failed");
+            return connector_error(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let (origin_rd, mut origin_wr) = tokio::io::split(TokioIo::new(upgraded));
+    // Edge → origin, frame by frame under HTTP/2 flow control.
+    let mut from_edge = req.into_body();
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = from_edge.frame().await {
+            if let Ok(d) = frame.into_data()
+                && tokio::io::AsyncWriteExt::write_all(&mut origin_wr, &d)
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut origin_wr).await;
+    });
+    let to_edge = ReaderStream::with_capacity(origin_rd, 16 * 1024)
+        .map(|r| r.map(Frame::data).map_err(BoxError::from));
+    let mut out = Response::new(
+        Tracked {
+            body: StreamBody::new(to_edge).boxed_unsync(),
+            _token: token,
+        }
+        .boxed_unsync(),
+    );
+    *out.status_mut() = StatusCode::OK;
+    *out.headers_mut() = headers;
+    out
+}
+
+fn resp_head_status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+fn empty_body_for_origin() -> crate::origin::OriginBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// The request head for the shared HTTP path: `dest` is the full URL

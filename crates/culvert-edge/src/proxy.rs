@@ -76,7 +76,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc);
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

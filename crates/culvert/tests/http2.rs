@@ -353,3 +353,130 @@ async fn auto_falls_back_to_http2_when_quic_cannot_connect() {
     relay_task.abort();
     s.stop().await;
 }
+
+/// A websocket-speaking origin: answers the upgrade with 101 and then
+/// echoes every byte (the tunnel must relay frames verbatim, so raw bytes
+/// stand in for frames).
+async fn upgrade_echo_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !text.contains("upgrade: websocket")
+                    || !text.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq==")
+                {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_over_http2_relays_raw_frames_both_ways() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = TestServer::start(Backend::Sqlite).await;
+    let (ws_addr, ws_task) = upgrade_echo_origin().await;
+    let (status, body) = call(
+        s.req(Method::POST, &s.acct("/cfd_tunnel"))
+            .json(&json!({"name": "ws", "config_src": "cloudflare"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = body["result"]["id"].as_str().unwrap().to_string();
+    let token = body["result"]["token"].as_str().unwrap().to_string();
+    let config = json!({"config": {"ingress": [
+        {"hostname": "ws.example.com", "service": format!("ws://{ws_addr}")},
+        {"service": "http_status:404"}
+    ]}});
+    let (status, _) = call(
+        s.req(
+            Method::PUT,
+            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
+        )
+        .json(&config),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let edge = s.server.as_ref().unwrap().edge_addr;
+    let c = start_connector(&s, &token, edge, 1, TransportProtocol::Http2);
+    wait_ready(&c, 1, Duration::from_secs(20)).await;
+    eventually("config applied", || async {
+        connectors(&s, &id)
+            .await
+            .first()
+            .is_some_and(|c| c["config_version"] == 1)
+    })
+    .await;
+
+    let http = s.server.as_ref().unwrap().http_addr;
+    let mut eyeball = tokio::net::TcpStream::connect(http).await.unwrap();
+    eyeball
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(eyeball.read(&mut b).await.unwrap(), 1, "head: {head:?}");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // Several round trips of raw bytes, then a 1 MiB burst.
+    for i in 0..5u8 {
+        let msg = [0x81, 0x05, b'h', b'e', b'l', b'l', i];
+        eyeball.write_all(&msg).await.unwrap();
+        let mut back = [0u8; 7];
+        tokio::time::timeout(Duration::from_secs(10), eyeball.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    let big: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let (mut rd, mut wr) = eyeball.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&big).await.unwrap();
+        (wr, big)
+    });
+    let mut back = vec![0u8; 1024 * 1024];
+    tokio::time::timeout(Duration::from_secs(20), rd.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    let (wr, big) = writer.await.unwrap();
+    assert!(back == big);
+    drop((rd, wr));
+    c.stop().await;
+    ws_task.abort();
+    s.stop().await;
+}
