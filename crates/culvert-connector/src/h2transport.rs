@@ -12,14 +12,15 @@
 //!   `{"lastAppliedVersion":N,"err":…}`;
 //! - plain HTTP: routed and proxied by [`crate::proxy::serve_http`] (shared
 //!   with QUIC); the origin's headers go back serialised in
-//!   `cf-cloudflared-response-headers` ([`response_headers`]).
-//!
+//!   `cf-cloudflared-response-headers` ([`response_headers`]);
 //! - `websocket`: the origin's 101 becomes 200 and the bodies carry the raw
-//!   frames both ways ([`websocket`]).
+//!   frames both ways ([`websocket`]);
+//! - TCP (private routing, `Cf-Cloudflared-Proxy-Src`): `:authority` is
+//!   dialled when `warp-routing` is enabled; 200, then raw bytes
+//!   ([`tcp_flow`]).
 //!
-//! TCP (private routing) requests are answered with a connector error
-//! (502) for now. Bounds: concurrent streams, windows, frame and header sizes are
-//! fixed below; bodies stream under HTTP/2 flow control.
+//! Bounds: concurrent streams, windows, frame and header sizes are fixed
+//! below; bodies stream under HTTP/2 flow control.
 
 use std::convert::Infallible;
 use std::io;
@@ -311,10 +312,8 @@ async fn handle(ctx: Arc<ServiceCtx>, req: Request<Incoming>) -> Response<RespBo
             websocket(&ctx, req, token).await
         }
         RequestKind::Tcp => {
-            tracing::warn!(
-                "HTTP/2 TCP (private routing) requests are not supported by this connector yet"
-            );
-            connector_error(StatusCode::BAD_GATEWAY)
+            let token = ctx.tracker.token();
+            tcp_flow(&ctx, req, token).await
         }
     }
 }
@@ -524,6 +523,89 @@ async fn websocket(
     *out.status_mut() = StatusCode::OK;
     *out.headers_mut() = headers;
     out
+}
+
+/// cloudflared's default `warp-routing.connectTimeout`.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A private-network TCP flow over HTTP/2 (§5.2, `Cf-Cloudflared-Proxy-Src`
+/// set): dial `:authority` (`ip:port`), answer 200, then the bodies carry
+/// the raw bytes. As in 2023.7.3, refused unless `warp-routing.enabled`.
+/// There is no half-close: when the edge's side ends, the flow ends.
+async fn tcp_flow(
+    ctx: &ServiceCtx,
+    req: Request<Incoming>,
+    token: TaskTrackerToken,
+) -> Response<RespBody> {
+    let warp = ctx
+        .proxy
+        .orchestrator
+        .snapshot()
+        .ingress
+        .warp_routing
+        .clone();
+    if warp.enabled != Some(true) {
+        tracing::warn!("private TCP flow refused: warp-routing is not enabled");
+        return connector_error(StatusCode::BAD_GATEWAY);
+    }
+    let dest = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let Ok(addr) = dest.parse::<std::net::SocketAddr>() else {
+        tracing::debug!(%dest, "TCP flow destination is not ip:port");
+        return connector_error(StatusCode::BAD_GATEWAY);
+    };
+    let timeout = warp
+        .connect_timeout
+        .map(|d| d.to_std())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(TCP_CONNECT_TIMEOUT);
+    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "TCP flow dial failed");
+            return connector_error(StatusCode::BAD_GATEWAY);
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "TCP flow dial timed out");
+            return connector_error(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (rd, mut wr) = tcp.into_split();
+    let ended = CancellationToken::new();
+    let edge_done = ended.clone();
+    let mut from_edge = req.into_body();
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = from_edge.frame().await {
+            if let Ok(d) = frame.into_data()
+                && tokio::io::AsyncWriteExt::write_all(&mut wr, &d)
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        edge_done.cancel();
+    });
+    let to_edge = ReaderStream::with_capacity(rd, 16 * 1024)
+        .take_until(ended.cancelled_owned())
+        .map(|r| r.map(Frame::data).map_err(BoxError::from));
+    Response::new(
+        Tracked {
+            body: StreamBody::new(to_edge).boxed_unsync(),
+            _token: token,
+        }
+        .boxed_unsync(),
+    )
 }
 
 fn resp_head_status(code: u16) -> StatusCode {

@@ -122,7 +122,8 @@ pub fn dest_path(dest: &str) -> (String, String) {
     match dest.parse::<hyper::Uri>() {
         Ok(uri) => {
             let path = uri.path();
-            let path = if path.is_empty() { "/" } else { path };
+            // `*` (asterisk-form) and empty paths match as `/`.
+            let path = if path.starts_with('/') { path } else { "/" };
             let pq = uri
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());

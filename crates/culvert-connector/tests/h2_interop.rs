@@ -208,10 +208,36 @@ async fn serves_the_recorded_go_edge_over_http2() {
         .unwrap();
     within("registered", state.wait_ready(1)).await;
 
-    // h2-02: the recorded update-configuration request (origin patched in),
-    // answered exactly as cloudflared did.
+    // A private TCP flow (Cf-Cloudflared-Proxy-Src) before warp-routing is
+    // enabled: refused by the connector itself.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let tcp_req = |body: Body| {
+        Request::builder()
+            .uri(format!("http://{echo_addr}/"))
+            .header("cf-cloudflared-proxy-src", "198.51.100.7")
+            .body(body)
+            .unwrap()
+    };
+    let resp = send(&mut h2, tcp_req(empty())).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()[RESPONSE_META], r#"{"src":"cloudflared"}"#);
+
+    // h2-02: the recorded update-configuration request (origin patched in,
+    // plus warp-routing), answered exactly as cloudflared did.
     let push = transcript("h2-02-config-push.json");
     let body = text(&push, 18).replace("127.0.0.1:18080", &origin.addr.to_string());
+    let mut body: Value = serde_json::from_str(&body).unwrap();
+    body["config"]["warp-routing"] = serde_json::json!({"enabled": true});
+    let body = serde_json::to_string(&body).unwrap();
     let req = Request::builder()
         .method("PUT")
         .uri("https://h2.cftunnel.com/config")
@@ -303,6 +329,30 @@ async fn serves_the_recorded_go_edge_over_http2() {
     let resp = send(&mut h2, req).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()[RESPONSE_META], r#"{"src":"origin"}"#);
+
+    // Now the TCP flow goes through: raw bytes both ways.
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let up = StreamBody::new(
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+            .map(|b| Ok::<_, std::io::Error>(Frame::data(b))),
+    );
+    let resp = send(&mut h2, tcp_req(up.boxed_unsync())).await;
+    assert_eq!(resp.status(), 200);
+    let mut down = resp.into_body();
+    for msg in [&b"SSH-2.0-test\r\n"[..], b"second chunk"] {
+        tx.send(Bytes::copy_from_slice(msg)).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < msg.len() {
+            let f = within("echo", down.frame()).await.unwrap().unwrap();
+            got.extend_from_slice(&f.into_data().unwrap());
+        }
+        assert_eq!(got, msg);
+    }
+    // The edge ending its side ends the flow (no half-close).
+    drop(tx);
+    while let Some(f) = within("flow end", down.frame()).await {
+        assert!(f.is_ok());
+    }
 
     // h2-06: shutdown calls unregisterConnection on the bootstrap
     // capability; the Go edge's empty Return; then the control stream ends.
