@@ -79,6 +79,8 @@ const MAX_HEADER_LIST: u32 = 256 * 1024;
 const CONTROL_PIPE_BYTES: usize = 64 * 1024;
 /// Largest configuration push body.
 const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a GOAWAY'd connection may take to wind down.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -168,6 +170,10 @@ pub(crate) async fn serve_connection(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(MAX_HEADER_LIST)
+        // An edge that vanished without closing TCP is noticed by PINGs
+        // (QUIC has its idle timeout for this).
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service);
     // The connection runs as its own task; `stop` sends GOAWAY and lets the
     // open streams finish (bounded by CLOSE_TIMEOUT).
