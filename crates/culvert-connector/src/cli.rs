@@ -22,7 +22,7 @@ use culvert_proto::{Credentials, TunnelToken};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::BackoffPolicy;
-use crate::connector::{Connector, ConnectorConfig, MAX_GRACE_PERIOD};
+use crate::connector::{Connector, ConnectorConfig, MAX_GRACE_PERIOD, TransportProtocol};
 use crate::error::ConnectorError;
 use crate::identity::TokenExtras;
 use crate::localconfig::{self, ConfigWatcher, LocalConfig};
@@ -47,7 +47,8 @@ pub struct TunnelOptions {
     /// system trust store. Default: the token's `culvert_ca`, else system roots.
     #[arg(long, env = "TUNNEL_CACERT", value_name = "PEM", global = true)]
     pub cacert: Option<PathBuf>,
-    /// Transport to the edge: `quic`, `http2` (not implemented yet) or `auto` (= quic).
+    /// Transport to the edge: `quic`, `http2` (TLS over TCP, for networks
+    /// that block UDP) or `auto` (QUIC, falling back to HTTP/2 per connection).
     #[arg(long, short = 'p', env = "TUNNEL_TRANSPORT_PROTOCOL", value_enum, default_value_t = Protocol::Auto, global = true)]
     pub protocol: Protocol,
     /// Number of connections to the edge (connIndex 0..N-1).
@@ -86,7 +87,7 @@ pub struct TunnelOptions {
 /// `--protocol` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
-    /// QUIC (the only transport implemented so far).
+    /// QUIC, with a per-connection fallback to HTTP/2.
     Auto,
     Quic,
     Http2,
@@ -387,14 +388,6 @@ pub fn connector_config_with(
     local: Option<&LocalConfig>,
     paths: &SearchPaths,
 ) -> Result<ConnectorConfig, ConnectorError> {
-    match opts.protocol {
-        Protocol::Auto | Protocol::Quic => {}
-        Protocol::Http2 | Protocol::H2mux => {
-            return Err(ConnectorError::Config(
-                "the http2 transport is not implemented yet: use --protocol quic (or auto)".into(),
-            ));
-        }
-    }
     let (token, extras) = resolve_identity(run, local, paths)?;
     let edge_addrs = if !opts.edge.is_empty() {
         opts.edge.clone()
@@ -427,6 +420,12 @@ pub fn connector_config_with(
     let (ingress, json) = initial_ingress(opts, local)?;
     config.initial_ingress = ingress;
     config.local_config_json = Some(json);
+    config.protocol = match opts.protocol {
+        Protocol::Auto => TransportProtocol::Auto,
+        Protocol::Quic => TransportProtocol::Quic,
+        // cloudflared upgrades h2mux to http2.
+        Protocol::Http2 | Protocol::H2mux => TransportProtocol::Http2,
+    };
     Ok(config)
 }
 
@@ -760,11 +759,7 @@ mod tests {
     }
 
     #[test]
-    fn http2_fails_clearly_and_edge_is_required() {
-        let t = parse(&["--protocol", "http2", "run", "--token", "x"]).unwrap();
-        let e = cc(&t).unwrap_err().to_string();
-        assert!(e.contains("http2 transport is not implemented"), "{e}");
-
+    fn protocols_and_edge_is_required() {
         let token = TunnelToken {
             account_tag: "acc".into(),
             tunnel_id: uuid::Uuid::from_u128(9),
@@ -786,6 +781,16 @@ mod tests {
         assert_eq!(c.edge_addrs, ["edge.test:7844"]);
         assert_eq!(c.ca_pem.as_deref(), Some(&b"PEM"[..]));
         assert_eq!(c.token, token);
+        assert_eq!(c.protocol, TransportProtocol::Auto);
+        for (flag, want) in [
+            ("http2", TransportProtocol::Http2),
+            ("h2mux", TransportProtocol::Http2),
+            ("quic", TransportProtocol::Quic),
+            ("auto", TransportProtocol::Auto),
+        ] {
+            let t = parse(&["--protocol", flag, "run", "--token", &tok]).unwrap();
+            assert_eq!(cc(&t).unwrap().protocol, want);
+        }
         let t = parse(&["--edge", "127.0.0.1:1", "run", "--token", &tok]).unwrap();
         assert_eq!(cc(&t).unwrap().edge_addrs, ["127.0.0.1:1"]);
     }

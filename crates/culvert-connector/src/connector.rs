@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use culvert_ingress::Ingress;
@@ -51,12 +52,26 @@ pub struct ConnectorConfig {
     pub rpc_timeout: Duration,
     /// The ingress served until the edge pushes a configuration.
     pub initial_ingress: Ingress,
-    /// TLS server name of the edge.
+    /// TLS server name of the edge (QUIC).
     pub server_name: String,
     /// What connection 0 uploads with `updateLocalConfiguration` when the
     /// edge says the tunnel is locally managed; `None` = cloudflared's
     /// document for the default 503 rule.
     pub local_config_json: Option<String>,
+    /// `--protocol`: QUIC, HTTP/2, or QUIC with per-connection fallback.
+    pub protocol: TransportProtocol,
+}
+
+/// Which transport connections use (`--protocol`, edge-protocol.md §1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportProtocol {
+    /// QUIC first; a connection falls back to HTTP/2 when QUIC looks broken
+    /// (handshake timeout, "operation not permitted") or its retries reach
+    /// `--retries`, unless a connection already registered over QUIC.
+    #[default]
+    Auto,
+    Quic,
+    Http2,
 }
 
 impl ConnectorConfig {
@@ -76,6 +91,7 @@ impl ConnectorConfig {
             initial_ingress: Ingress::default_no_rules(),
             server_name: EDGE_QUIC_SERVER_NAME.to_owned(),
             local_config_json: None,
+            protocol: TransportProtocol::Auto,
         }
     }
 }
@@ -111,14 +127,14 @@ impl ConnectorState {
         let _ = rx.wait_for(|r| *r >= n).await;
     }
 
-    fn up(self: &Arc<Self>) -> ReadyGuard {
+    pub(crate) fn up(self: &Arc<Self>) -> ReadyGuard {
         self.ready.send_modify(|r| *r += 1);
         ReadyGuard(Arc::clone(self))
     }
 }
 
 /// Counts one registered connection while alive.
-struct ReadyGuard(Arc<ConnectorState>);
+pub(crate) struct ReadyGuard(Arc<ConnectorState>);
 
 impl Drop for ReadyGuard {
     fn drop(&mut self) {
@@ -126,12 +142,16 @@ impl Drop for ReadyGuard {
     }
 }
 
-struct Shared {
-    config: ConnectorConfig,
+pub(crate) struct Shared {
+    pub(crate) config: ConnectorConfig,
     quic: quinn::ClientConfig,
-    state: Arc<ConnectorState>,
-    orchestrator: Arc<Orchestrator>,
-    pool: LocalPoolHandle,
+    /// TLS for the HTTP/2 transport (no ALPN).
+    pub(crate) h2_tls: Arc<rustls::ClientConfig>,
+    pub(crate) state: Arc<ConnectorState>,
+    pub(crate) orchestrator: Arc<Orchestrator>,
+    pub(crate) pool: LocalPoolHandle,
+    /// Some connection registered over QUIC: `auto` no longer falls back.
+    quic_registered: AtomicBool,
 }
 
 /// culvert's cloudflared: `Connector::new(config)?.run(shutdown).await`.
@@ -159,6 +179,9 @@ impl Connector {
             )));
         }
         let quic = edge_quic_config(config.ca_pem.as_deref())?;
+        let h2_tls = Arc::new(crate::h2transport::edge_h2_tls_config(
+            config.ca_pem.as_deref(),
+        )?);
         let orchestrator = Arc::new(Orchestrator::new(config.initial_ingress.clone())?);
         orchestrator.set_local_json(config.local_config_json.clone().unwrap_or_else(|| {
             crate::localconfig::upload_json(None, None, None, &serde_json::Map::new())
@@ -169,9 +192,11 @@ impl Connector {
             shared: Arc::new(Shared {
                 config,
                 quic,
+                h2_tls,
                 state: Arc::new(ConnectorState::new(connector_id)),
                 orchestrator,
                 pool: LocalPoolHandle::new(2),
+                quic_registered: AtomicBool::new(false),
             }),
         })
     }
@@ -243,14 +268,14 @@ impl Connector {
 }
 
 /// Outcome of one failed connection attempt.
-struct AttemptFailure {
-    error: ConnectorError,
+pub(crate) struct AttemptFailure {
+    pub(crate) error: ConnectorError,
     /// The attempt had registered before it failed (resets the backoff).
-    registered: bool,
+    pub(crate) registered: bool,
 }
 
 impl AttemptFailure {
-    fn before_registration(error: ConnectorError) -> AttemptFailure {
+    pub(crate) fn before_registration(error: ConnectorError) -> AttemptFailure {
         AttemptFailure {
             error,
             registered: false,
@@ -265,6 +290,38 @@ pub fn is_fatal_at_startup(error: &ConnectorError) -> bool {
     matches!(error, ConnectorError::Refused(e) if e.retry_advice() == RetryAdvice::Permanent)
 }
 
+/// Whether a QUIC failure means UDP does not get through (cloudflared's
+/// `isQuicBroken`: a handshake idle timeout, or "operation not permitted").
+pub fn is_quic_broken(error: &ConnectorError) -> bool {
+    match error {
+        ConnectorError::Connection { source, .. } => {
+            matches!(source, quinn::ConnectionError::TimedOut)
+        }
+        ConnectorError::Endpoint(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+        _ => false,
+    }
+}
+
+/// `auto`'s per-connection decision after a failed QUIC attempt: fall back
+/// to HTTP/2 when QUIC looks broken or the retries reached `--retries`,
+/// never once some connection registered over QUIC.
+pub fn should_fall_back(
+    error: &ConnectorError,
+    attempt: u32,
+    backoff: &BackoffPolicy,
+    quic_registered: bool,
+) -> bool {
+    let max_retries = backoff.max_exponent.saturating_sub(1);
+    !quic_registered && (is_quic_broken(error) || attempt >= max_retries)
+}
+
+/// The transport one connection is using.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Quic,
+    Http2,
+}
+
 async fn connection_loop(
     shared: Arc<Shared>,
     index: u8,
@@ -276,24 +333,47 @@ async fn connection_loop(
     let mut rotation: usize = 0;
     let mut ever_registered = false;
     let mut endpoint: Option<quinn::Endpoint> = None;
+    let mut wire = match shared.config.protocol {
+        TransportProtocol::Http2 => Wire::Http2,
+        TransportProtocol::Auto | TransportProtocol::Quic => Wire::Quic,
+    };
     while !shutdown.is_cancelled() {
         let addr = &addrs[(usize::from(index) + rotation) % addrs.len()];
+        let quic_registered = &shared.quic_registered;
         let mut on_registered = || {
             ever_registered = true;
+            if wire == Wire::Quic {
+                quic_registered.store(true, Ordering::Release);
+            }
             if let Some(tx) = first_registered.take() {
                 let _ = tx.send(());
             }
         };
-        let result = serve_connection(
-            &shared,
-            index,
-            addr,
-            attempt,
-            &mut endpoint,
-            &shutdown,
-            &mut on_registered,
-        )
-        .await;
+        let result = match wire {
+            Wire::Quic => {
+                serve_connection(
+                    &shared,
+                    index,
+                    addr,
+                    attempt,
+                    &mut endpoint,
+                    &shutdown,
+                    &mut on_registered,
+                )
+                .await
+            }
+            Wire::Http2 => {
+                crate::h2transport::serve_connection(
+                    &shared,
+                    index,
+                    addr,
+                    attempt,
+                    &shutdown,
+                    &mut on_registered,
+                )
+                .await
+            }
+        };
         let failure = match result {
             Ok(()) => return Ok(()),
             Err(f) => f,
@@ -312,6 +392,21 @@ async fn connection_loop(
         }
         if failure.registered {
             attempt = 0;
+        }
+        if wire == Wire::Quic
+            && shared.config.protocol == TransportProtocol::Auto
+            && should_fall_back(
+                &failure.error,
+                attempt,
+                &shared.config.backoff,
+                shared.quic_registered.load(Ordering::Acquire),
+            )
+        {
+            // As cloudflared: switch this connection and retry at once.
+            tracing::info!(conn_index = index, edge = %addr, error = %failure.error, "Switching to fallback protocol http2");
+            wire = Wire::Http2;
+            attempt = 0;
+            continue;
         }
         rotation = rotation.wrapping_add(1);
         let ceiling = shared.config.backoff.ceiling(attempt);
@@ -332,7 +427,7 @@ async fn connection_loop(
     Ok(())
 }
 
-async fn resolve(addr: &str) -> Result<SocketAddr, ConnectorError> {
+pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr, ConnectorError> {
     let mut addrs =
         tokio::net::lookup_host(addr)
             .await
@@ -538,7 +633,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// How long a connection keeps accepting streams after unregistering.
-const UNREGISTER_LINGER: Duration = Duration::from_millis(500);
+pub(crate) const UNREGISTER_LINGER: Duration = Duration::from_millis(500);
 
 fn spawn_stream(
     shared: &Arc<Shared>,
@@ -622,6 +717,27 @@ mod tests {
             Duration::from_secs(1)
         ))));
         assert!(!is_fatal_at_startup(&ConnectorError::Task("x".into())));
+    }
+
+    #[test]
+    fn auto_falls_back_when_quic_is_broken_or_retries_run_out() {
+        let policy = BackoffPolicy::with_retries(5);
+        let timeout = ConnectorError::Connection {
+            addr: "e:1".into(),
+            source: quinn::ConnectionError::TimedOut,
+        };
+        let refused =
+            ConnectorError::Refused(ConnectionError::permanent(ConnectionError::INVALID_SECRET));
+        let eperm =
+            ConnectorError::Endpoint(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(is_quic_broken(&timeout));
+        assert!(is_quic_broken(&eperm));
+        assert!(!is_quic_broken(&refused));
+        assert!(should_fall_back(&timeout, 0, &policy, false));
+        assert!(!should_fall_back(&refused, 4, &policy, false));
+        assert!(should_fall_back(&refused, 5, &policy, false));
+        // Never once a connection registered over QUIC.
+        assert!(!should_fall_back(&timeout, 9, &policy, true));
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub enum ConnectorError {
         #[source]
         source: quinn::ConnectionError,
     },
+    /// The HTTP/2 transport failed: TCP dial, TLS, HTTP/2, or the
+    /// connection was lost.
+    #[error("HTTP/2 connection to {addr}: {reason}")]
+    Http2 { addr: String, reason: String },
     /// The control stream's capnp RPC failed.
     #[error("control stream RPC: {0}")]
     Rpc(#[source] capnp::Error),
@@ -79,6 +83,7 @@ impl ConnectorError {
             ConnectorError::Resolve { .. }
             | ConnectorError::Dial { .. }
             | ConnectorError::Connection { .. }
+            | ConnectorError::Http2 { .. }
             | ConnectorError::Rpc(_)
             | ConnectorError::Timeout { .. }
             | ConnectorError::Task(_) => true,

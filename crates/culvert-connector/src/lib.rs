@@ -1,7 +1,8 @@
 //! culvert's connector — our own cloudflared (`culvert tunnel run`).
 //!
 //! It dials the edge over QUIC (SNI `quic.cftunnel.com`, ALPN `argotunnel`,
-//! rustls with ring), keeps `--ha-connections` registered connections that
+//! rustls with ring) or HTTP/2 over TLS/TCP (`--protocol http2`, or `auto`'s
+//! per-connection fallback), keeps `--ha-connections` registered connections that
 //! share one connector ID, serves the data streams the edge opens by routing
 //! each request through the ingress rules to a real origin, applies
 //! configuration pushes, and on shutdown unregisters and drains. It speaks
@@ -11,8 +12,8 @@
 //!
 //! Boundaries: wire formats come from `culvert-proto` (never re-implemented
 //! here) and rule parsing/matching from `culvert-ingress`; this crate owns
-//! the I/O — QUIC, capnp-rpc sessions, HTTP proxying, backoff, signals,
-//! metrics, local configuration files. The `culvert` binary mounts
+//! the I/O — QUIC, HTTP/2, capnp-rpc sessions, HTTP proxying, backoff,
+//! signals, metrics, local configuration files. The `culvert` binary mounts
 //! [`cli::TunnelCommand`] as its `tunnel` subcommand and calls
 //! [`cli::run_tunnel_command`]; everything below that layer returns
 //! [`ConnectorError`].
@@ -22,6 +23,8 @@
 //!   and the command entry.
 //! - [`connector`] — supervisor: HA connections, reconnects, shutdown.
 //! - [`rpc`] — control-stream registration and edge-opened RPC streams.
+//! - [`h2transport`] — the HTTP/2 transport (the connector is the HTTP/2
+//!   server; same registration and HTTP proxying as QUIC).
 //! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
 //! - [`orchestrator`] — the live configuration and versioned pushes.
 //! - [`identity`] — token extras, client info and registration params.
@@ -37,6 +40,7 @@ pub mod backoff;
 pub mod cli;
 pub mod connector;
 pub mod error;
+pub mod h2transport;
 pub mod identity;
 pub mod localconfig;
 pub mod metrics;
@@ -49,7 +53,7 @@ pub mod tls;
 
 pub use backoff::BackoffPolicy;
 pub use cli::{TunnelCommand, run_tunnel_command};
-pub use connector::{Connector, ConnectorConfig, ConnectorState};
+pub use connector::{Connector, ConnectorConfig, ConnectorState, TransportProtocol};
 pub use error::ConnectorError;
 pub use identity::TokenExtras;
 pub use orchestrator::Orchestrator;

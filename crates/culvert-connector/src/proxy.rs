@@ -122,7 +122,8 @@ pub fn dest_path(dest: &str) -> (String, String) {
     match dest.parse::<hyper::Uri>() {
         Ok(uri) => {
             let path = uri.path();
-            let path = if path.is_empty() { "/" } else { path };
+            // `*` (asterisk-form) and empty paths match as `/`.
+            let path = if path.starts_with('/') { path } else { "/" };
             let pq = uri
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
@@ -291,7 +292,7 @@ fn request_body(initial: Bytes, recv: quinn::RecvStream) -> OriginBody {
     StreamBody::new(stream.boxed()).boxed_unsync()
 }
 
-fn empty_body() -> OriginBody {
+pub(crate) fn empty_body() -> OriginBody {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync()
@@ -349,6 +350,94 @@ async fn write_head(
     Ok(())
 }
 
+/// What an HTTP request produced, whatever transport carries it.
+pub enum HttpOutcome {
+    /// A response: its head and its body.
+    Response(HttpResponseHead, ResponseBody),
+    /// The connector's own failure (the edge shows a 502).
+    Error(String),
+}
+
+/// A response body to relay.
+pub enum ResponseBody {
+    Empty,
+    Full(Bytes),
+    /// Streamed from the origin as it arrives.
+    Origin(hyper::body::Incoming),
+}
+
+/// Routes one HTTP request through the ingress rules and serves it
+/// (origin, fixed status, hello world). `body` is the request body; it is
+/// sent to an origin only when the head says there is one.
+pub async fn serve_http(
+    ctx: &ProxyContext,
+    head: &HttpRequestHead,
+    body: OriginBody,
+) -> HttpOutcome {
+    let snapshot = ctx.orchestrator.snapshot();
+    let (path, _) = dest_path(&head.dest);
+    let (rule_idx, rule, origin) = snapshot.route(&head.host, &path);
+    tracing::debug!(host = %head.host, %path, rule = rule_idx, ?origin, "matched ingress rule");
+    match origin {
+        Origin::Status(code) => {
+            let head = HttpResponseHead {
+                status: code,
+                headers: Vec::new(),
+                extra: Vec::new(),
+            };
+            HttpOutcome::Response(head, ResponseBody::Empty)
+        }
+        Origin::HelloWorld => {
+            let (resp, page) = hello_world(&head.host);
+            let body = if head.method == "HEAD" {
+                ResponseBody::Empty
+            } else {
+                ResponseBody::Full(page)
+            };
+            HttpOutcome::Response(resp, body)
+        }
+        Origin::Unsupported(service) => HttpOutcome::Error(format!(
+            "service {service} cannot serve HTTP requests in this connector yet"
+        )),
+        Origin::Http(http) => {
+            let url = &http.url;
+            let body = if head.has_body() {
+                body
+            } else {
+                drop(body);
+                empty_body()
+            };
+            let origin_req = match build_origin_request(head, url, rule, ctx.connector_id, body) {
+                Ok(r) => r,
+                Err(e) => return HttpOutcome::Error(e),
+            };
+            match http.send(origin_req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    HttpOutcome::Response(
+                        response_head(parts.status.as_u16(), &parts.headers),
+                        ResponseBody::Origin(body),
+                    )
+                }
+                Err(crate::origin::SendError::Forbidden(why)) => {
+                    tracing::info!(host = %head.host, %why, "request refused by originRequest.access");
+                    let forbidden = HttpResponseHead {
+                        status: 403,
+                        headers: Vec::new(),
+                        extra: Vec::new(),
+                    };
+                    HttpOutcome::Response(forbidden, ResponseBody::Empty)
+                }
+                Err(e) => {
+                    let msg = format!("unable to reach the origin service {url}: {e}");
+                    tracing::warn!(host = %head.host, error = %msg, "origin request failed");
+                    HttpOutcome::Error(msg)
+                }
+            }
+        }
+    }
+}
+
 async fn proxy_http(
     ctx: &ProxyContext,
     req: &ConnectRequest,
@@ -364,72 +453,30 @@ async fn proxy_http(
             return Ok(());
         }
     };
-    let snapshot = ctx.orchestrator.snapshot();
-    let (path, _) = dest_path(&head.dest);
-    let (rule_idx, rule, origin) = snapshot.route(&head.host, &path);
-    tracing::debug!(host = %head.host, %path, rule = rule_idx, ?origin, "matched ingress rule");
-    match origin {
-        Origin::Status(code) => {
-            let head = HttpResponseHead {
-                status: code,
-                headers: Vec::new(),
-                extra: Vec::new(),
-            };
-            write_head(send, &head).await
-        }
-        Origin::HelloWorld => {
-            let (resp, body) = hello_world(&head.host);
-            write_head(send, &resp).await?;
-            if head.method != "HEAD" {
-                send.write_all(&body).await?;
-            }
-            Ok(())
-        }
-        Origin::Unsupported(service) => {
-            let msg = format!("service {service} cannot serve HTTP requests in this connector yet");
+    let body = if head.has_body() {
+        request_body(initial, recv)
+    } else {
+        drop(recv);
+        empty_body()
+    };
+    match serve_http(ctx, &head, body).await {
+        HttpOutcome::Error(msg) => {
             send.write_all(&error_response(msg).encode()).await?;
             Ok(())
         }
-        Origin::Http(http) => {
-            let url = &http.url;
-            let body = if head.has_body() {
-                request_body(initial, recv)
-            } else {
-                drop(recv);
-                empty_body()
-            };
-            let origin_req = match build_origin_request(&head, url, rule, ctx.connector_id, body) {
-                Ok(r) => r,
-                Err(e) => {
-                    send.write_all(&error_response(e).encode()).await?;
-                    return Ok(());
-                }
-            };
-            let resp = match http.send(origin_req).await {
-                Ok(r) => r,
-                Err(crate::origin::SendError::Forbidden(why)) => {
-                    tracing::info!(host = %head.host, %why, "request refused by originRequest.access");
-                    let forbidden = HttpResponseHead {
-                        status: 403,
-                        headers: Vec::new(),
-                        extra: Vec::new(),
-                    };
-                    return write_head(send, &forbidden).await;
-                }
-                Err(e) => {
-                    let msg = format!("unable to reach the origin service {url}: {e}");
-                    tracing::warn!(host = %head.host, error = %msg, "origin request failed");
-                    send.write_all(&error_response(msg).encode()).await?;
-                    return Ok(());
-                }
-            };
-            let (parts, mut body) = resp.into_parts();
-            write_head(send, &response_head(parts.status.as_u16(), &parts.headers)).await?;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(StreamError::OriginBody)?;
-                // write_chunk hands the Bytes to quinn without a copy.
-                if let Ok(data) = frame.into_data() {
-                    send.write_chunk(data).await?;
+        HttpOutcome::Response(resp, body) => {
+            write_head(send, &resp).await?;
+            match body {
+                ResponseBody::Empty => {}
+                ResponseBody::Full(b) => send.write_all(&b).await?,
+                ResponseBody::Origin(mut body) => {
+                    while let Some(frame) = body.frame().await {
+                        let frame = frame.map_err(StreamError::OriginBody)?;
+                        // write_chunk hands the Bytes to quinn without a copy.
+                        if let Ok(data) = frame.into_data() {
+                            send.write_chunk(data).await?;
+                        }
+                    }
                 }
             }
             Ok(())

@@ -107,13 +107,19 @@ impl ControlSession {
 
 /// Opens the RPC client on the control stream and registers. Returns the
 /// edge's `ConnectionDetails` and the session, or the refusal/failure.
-pub async fn register(
+/// The control stream is any byte pipe: a QUIC stream, or the bodies of
+/// the HTTP/2 control-stream request.
+pub async fn register<R, W>(
     pool: &LocalPoolHandle,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: W,
+    recv: R,
     params: RegisterConnectionParams,
     timeout: Duration,
-) -> Result<(ConnectionDetails, ControlSession), ConnectorError> {
+) -> Result<(ConnectionDetails, ControlSession), ConnectorError>
+where
+    R: futures::AsyncRead + Unpin + Send + 'static,
+    W: futures::AsyncWrite + Unpin + Send + 'static,
+{
     let (reg_tx, reg_rx) = oneshot::channel::<Result<ConnectionDetails, ConnectorError>>();
     let (unreg_tx, unreg_rx) = oneshot::channel::<UnregisterReply>();
     let (local_tx, local_rx) = tokio::sync::mpsc::channel::<LocalConfigCall>(1);
@@ -148,14 +154,17 @@ pub async fn register(
     }
 }
 
-async fn control_session(
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+async fn control_session<R, W>(
+    send: W,
+    recv: R,
     params: RegisterConnectionParams,
     reg_tx: oneshot::Sender<Result<ConnectionDetails, ConnectorError>>,
     unreg_rx: oneshot::Receiver<UnregisterReply>,
     mut local_rx: tokio::sync::mpsc::Receiver<LocalConfigCall>,
-) {
+) where
+    R: futures::AsyncRead + Unpin + 'static,
+    W: futures::AsyncWrite + Unpin + 'static,
+{
     let network = twoparty::VatNetwork::new(
         recv,
         send,

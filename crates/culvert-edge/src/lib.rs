@@ -9,13 +9,14 @@
 //! durable state (the [`culvert_store::Store`] does: tunnels, secrets,
 //! configurations, routes, the registry's durable side), wire formats
 //! ([`culvert_proto`]) or the REST API (`culvert-api`, which reaches the edge
-//! only through the [`culvert_api::EdgeControl`] hooks). The HTTP/2
-//! transport, WebSocket/TCP flows, UDP and the management relay are not here
-//! yet.
+//! only through the [`culvert_api::EdgeControl`] hooks). Connectors reach
+//! it over QUIC or, on the same port number, over HTTP/2 on TLS/TCP
+//! (`h2conn`; the registry holds either, see [`transport`]). WebSocket/TCP
+//! flows, UDP and the management relay are not here yet.
 //!
 //! Layout: [`tls`] (certificates), `quic` (listener and per-connection
-//! actor, registration RPC), `push` (config push), `proxy` (public
-//! listener), and the pure parts with unit tests: [`hosts`] (host → tunnel),
+//! actor, registration RPC), `h2conn` (the HTTP/2 transport), `push`
+//! (config push), `proxy` (public listener), and the pure parts with unit tests: [`hosts`] (host → tunnel),
 //! [`registry`] (connection selection), [`request`] (ConnectRequest building)
 //! and [`pages`] (error pages).
 //!
@@ -27,6 +28,7 @@
 
 mod control;
 mod error;
+mod h2conn;
 pub mod hosts;
 pub mod pages;
 mod proxy;
@@ -36,6 +38,7 @@ pub mod registry;
 pub mod request;
 mod routes;
 pub mod tls;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,7 +59,8 @@ use crate::routes::Routes;
 /// Where the edge listens and how it names itself.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
-    /// QUIC listener for connectors (`--edge-listen`, default `0.0.0.0:7844`).
+    /// Connector listener (`--edge-listen`, default `0.0.0.0:7844`): QUIC on
+    /// UDP and HTTP/2 over TLS on TCP, same port number.
     pub edge_listen: SocketAddr,
     /// Public HTTP listener (`--http-listen`, default `0.0.0.0:8080`).
     pub http_listen: SocketAddr,
@@ -96,7 +100,7 @@ pub struct Tuning {
     pub open_stream_timeout: Duration,
     /// Bound on one configuration push (stream, bootstrap, call, reply).
     pub push_timeout: Duration,
-    /// Cap on concurrent QUIC connections.
+    /// Cap on concurrent QUIC connections (and, separately, on HTTP/2 ones).
     pub max_quic_connections: usize,
     /// Cap on concurrent public HTTP connections.
     pub max_http_connections: usize,
@@ -202,7 +206,10 @@ pub async fn start_with(
         index.set_tunnel(cfg.tunnel_id, hosts::ingress_hostnames(&cfg.config));
     }
 
-    let endpoint = quic::bind(config.edge_listen, server_tls, &tuning)?;
+    // QUIC (UDP) and HTTP/2 (TCP) share the port number.
+    let h2_tls = Arc::new(h2conn::tcp_tls_config(&server_tls));
+    let (endpoint, h2_listener) =
+        h2conn::bind_pair(config.edge_listen, server_tls, &tuning).await?;
     let quic_addr = endpoint.local_addr().map_err(|e| EdgeError::Bind {
         what: "QUIC",
         addr: config.edge_listen,
@@ -234,6 +241,7 @@ pub async fn start_with(
     });
     let tasks = vec![
         tokio::spawn(quic::accept_loop(shared.clone(), endpoint.clone())),
+        tokio::spawn(h2conn::accept_loop(shared.clone(), h2_listener, h2_tls)),
         tokio::spawn(proxy::serve(shared.clone(), http)),
     ];
     tracing::info!(%quic_addr, %http_addr, node = %shared.config.node_id, "edge started");
@@ -250,6 +258,11 @@ pub async fn start_with(
 impl RunningEdge {
     /// The bound QUIC address (useful with port 0).
     pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The HTTP/2 (TLS over TCP) listener: the QUIC port number, on TCP.
+    pub fn h2_addr(&self) -> SocketAddr {
         self.quic_addr
     }
 

@@ -79,7 +79,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc);
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -171,6 +172,10 @@ async fn proxy(
     if candidates.is_empty() {
         return Err(ProxyError::NoConnection(tunnel));
     }
+    // The first candidate's transport carries the request (HTTP/2: h2conn).
+    if candidates[0].conn.http2().is_some() {
+        return crate::h2conn::proxy(shared, &candidates, req, raw_host, peer, ray).await;
+    }
     let built = build_connect_request(&EyeballHead {
         method: req.method(),
         uri: req.uri(),
@@ -198,9 +203,13 @@ async fn proxy(
     // (nothing sent yet) always moves on to the next connection.
     let mut failure = ProxyError::OpenStream("no connection tried".into());
     let mut exchange = None;
-    for c in candidates.iter().take(MAX_OPEN_ATTEMPTS) {
+    for (c, quic) in candidates
+        .iter()
+        .filter_map(|c| c.conn.quic().map(|q| (c, q)))
+        .take(MAX_OPEN_ATTEMPTS)
+    {
         let (mut send, mut recv) =
-            match tokio::time::timeout(shared.tuning.open_stream_timeout, c.conn.open_bi()).await {
+            match tokio::time::timeout(shared.tuning.open_stream_timeout, quic.open_bi()).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     failure = ProxyError::OpenStream(format!("connection {}: {e}", c.id));

@@ -1,6 +1,8 @@
 //! Remote configuration push (edge-protocol.md §4.7): one edge-opened RPC
 //! stream (`52BB825CDB65`) per push, bootstrap `ConfigurationManager`, call
 //! `updateConfiguration(version, json)`, read `latestAppliedVersion`, close.
+//! Over HTTP/2 the push is an `update-configuration` request instead
+//! (`h2conn::push_config`).
 //!
 //! One push per connector is enough (its connections share one
 //! configuration); the registry remembers which version each connector was
@@ -19,6 +21,7 @@ use uuid::Uuid;
 
 use crate::Shared;
 use crate::registry::LiveConn;
+use crate::transport::Transport;
 
 /// Why a push did not complete. A later trigger (reconnect, next change)
 /// pushes again, so every variant is worth retrying then.
@@ -36,6 +39,8 @@ pub(crate) enum PushError {
     Timeout(Duration),
     #[error("push task failed: {0}")]
     Task(String),
+    #[error("update-configuration over HTTP/2 failed: {0}")]
+    Http2(String),
 }
 
 /// Replies are one small struct; bound them tightly.
@@ -155,13 +160,20 @@ async fn push_to_connector(shared: &Arc<Shared>, conn: Arc<LiveConn>, config: &T
             return;
         }
     };
-    let quic = conn.conn.clone();
     let timeout = shared.tuning.push_timeout;
-    let outcome = shared
-        .rpc_pool
-        .spawn_pinned(move || push_config(quic, version, json, timeout))
-        .await
-        .unwrap_or_else(|e| Err(PushError::Task(e.to_string())));
+    let outcome = match &conn.conn {
+        Transport::Quic(quic) => {
+            let quic = quic.clone();
+            shared
+                .rpc_pool
+                .spawn_pinned(move || push_config(quic, version, json, timeout))
+                .await
+                .unwrap_or_else(|e| Err(PushError::Task(e.to_string())))
+        }
+        Transport::Http2(h2) => {
+            crate::h2conn::push_config(h2, version, &config.config, timeout).await
+        }
+    };
     match outcome {
         Ok(resp) => {
             if !resp.err.is_empty() {

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::error::EdgeError;
 use crate::registry::LiveConn;
+use crate::transport::Transport;
 use crate::{Shared, Tuning};
 
 /// Application close codes the edge uses (cloudflared only logs them and
@@ -166,8 +167,14 @@ async fn serve_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
 /// What the control session learned, shared between the RPC server object
 /// and the actor (both on this pinned thread).
 #[derive(Default)]
-struct ConnState {
+pub(crate) struct ConnState {
     registered: Option<Registered>,
+}
+
+impl ConnState {
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered.is_some()
+    }
 }
 
 #[derive(Clone)]
@@ -201,33 +208,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         }
     };
 
-    let server = ControlServer {
-        shared: shared.clone(),
-        conn: conn.clone(),
+    let rpc_task = spawn_control_rpc(
+        &shared,
+        Transport::Quic(conn.clone()),
         peer,
-        state: state.clone(),
-        registered: registered.clone(),
-    };
-    let client: registration_server::Client = capnp_rpc::new_client(server);
-    let network = twoparty::VatNetwork::new(recv, send, Side::Server, control_reader_options());
-    let rpc = RpcSystem::new(Box::new(network), Some(client.client));
-    let rpc_conn = conn.clone();
-    let rpc_task = tokio::task::spawn_local(async move {
-        // Ok or an error ("rpc: shutdown" abort, stream reset) are both normal
-        // ends; a malformed frame also lands here and closes the connection.
-        match rpc.await {
-            Ok(()) => tracing::debug!(peer = %rpc_conn.remote_address(), "control stream ended"),
-            Err(e) => {
-                tracing::debug!(peer = %rpc_conn.remote_address(), error = %e, "control stream failed");
-                if e.kind != capnp::ErrorKind::Disconnected
-                    && !e.extra.contains("rpc: shutdown")
-                    && rpc_conn.close_reason().is_none()
-                {
-                    rpc_conn.close(CODE_PROTOCOL, b"control stream error");
-                }
-            }
-        }
-    });
+        &state,
+        &registered,
+        recv,
+        send,
+    );
 
     let ok = tokio::select! {
         _ = registered.notified() => true,
@@ -261,6 +250,61 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     let reason = conn.closed().await;
     rpc_task.abort();
 
+    end_connection(&shared, &state, peer, &reason).await;
+}
+
+/// Serves `RegistrationServer` on a control stream, whatever carries its
+/// bytes (a QUIC stream, or the bodies of the HTTP/2 control-stream
+/// request). Must run on a pinned (`LocalSet`) runtime: capnp-rpc is
+/// `!Send`. A session that fails (not a normal end) closes the connection.
+pub(crate) fn spawn_control_rpc<R, W>(
+    shared: &Arc<Shared>,
+    conn: Transport,
+    peer: SocketAddr,
+    state: &Rc<RefCell<ConnState>>,
+    registered: &Rc<tokio::sync::Notify>,
+    recv: R,
+    send: W,
+) -> tokio::task::JoinHandle<()>
+where
+    R: futures::AsyncRead + Unpin + 'static,
+    W: futures::AsyncWrite + Unpin + 'static,
+{
+    let server = ControlServer {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        peer,
+        state: state.clone(),
+        registered: registered.clone(),
+    };
+    let client: registration_server::Client = capnp_rpc::new_client(server);
+    let network = twoparty::VatNetwork::new(recv, send, Side::Server, control_reader_options());
+    let rpc = RpcSystem::new(Box::new(network), Some(client.client));
+    tokio::task::spawn_local(async move {
+        // Ok or an error ("rpc: shutdown" abort, stream reset) are both normal
+        // ends; a malformed frame also lands here and closes the connection.
+        match rpc.await {
+            Ok(()) => tracing::debug!(%peer, transport = conn.name(), "control stream ended"),
+            Err(e) => {
+                tracing::debug!(%peer, transport = conn.name(), error = %e, "control stream failed");
+                if e.kind != capnp::ErrorKind::Disconnected
+                    && !e.extra.contains("rpc: shutdown")
+                    && !conn.is_closed()
+                {
+                    conn.close(CODE_PROTOCOL, b"control stream error");
+                }
+            }
+        }
+    })
+}
+
+/// After a connection ended: forgets its registration (registry, store).
+pub(crate) async fn end_connection(
+    shared: &Arc<Shared>,
+    state: &Rc<RefCell<ConnState>>,
+    peer: SocketAddr,
+    reason: &dyn std::fmt::Display,
+) {
     let reg = state.borrow_mut().registered.take();
     if let Some(reg) = reg {
         tracing::info!(%peer, connection = %reg.conn_id, tunnel = %reg.tunnel_id, %reason, "tunnel connection ended");
@@ -318,7 +362,7 @@ impl session_manager::Server for SessionManagerServer {
 /// The bootstrap capability of a control stream.
 struct ControlServer {
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: Transport,
     peer: SocketAddr,
     state: Rc<RefCell<ConnState>>,
     registered: Rc<tokio::sync::Notify>,
@@ -437,7 +481,7 @@ impl registration_server::Server for ControlServer {
 /// Checks the credentials against the store and records the connection.
 async fn register(
     shared: &Arc<Shared>,
-    conn: quinn::Connection,
+    conn: Transport,
     peer: SocketAddr,
     p: RegisterConnectionParams,
 ) -> Result<Registered, RegisterFailure> {
@@ -517,14 +561,15 @@ async fn register(
     }
     // The connection may have closed while we were registering; the actor's
     // clean-up may already have run, so undo here.
-    if conn.close_reason().is_some() {
+    if conn.is_closed() {
         forget_connection(shared, conn_id).await;
     }
 
     let remotely_managed = tunnel.config_src == ConfigSource::Cloudflare;
     tracing::info!(
         tunnel = %tunnel.id, connection = %conn_id, connector = %client.client_id,
-        index = p.conn_index, version = %client.version, %peer, "tunnel connection registered"
+        index = p.conn_index, version = %client.version, %peer, transport = conn.name(),
+        "tunnel connection registered"
     );
     if remotely_managed {
         crate::push::schedule_push_on_registration(shared, tunnel.id, client.client_id);

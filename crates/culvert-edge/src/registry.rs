@@ -1,9 +1,9 @@
-//! The in-memory side of the connection registry: which QUIC connections
-//! this edge holds for each tunnel, whether they are draining, and which
+//! The in-memory side of the connection registry: which connections (QUIC
+//! or HTTP/2, see [`Transport`]) this edge holds for each tunnel, whether they are draining, and which
 //! configuration version each connector was sent.
 //!
 //! The durable side (visible at `/connections`) is the store; this one holds
-//! what cannot be stored: the `quinn::Connection` handles. Every method takes
+//! what cannot be stored: the connection handles. Every method takes
 //! one short lock and never awaits.
 
 use std::collections::HashMap;
@@ -13,6 +13,8 @@ use std::sync::{Arc, MutexGuard};
 
 use uuid::Uuid;
 
+use crate::transport::Transport;
+
 /// One registered connection.
 #[derive(Debug)]
 pub struct LiveConn {
@@ -20,7 +22,7 @@ pub struct LiveConn {
     pub tunnel_id: Uuid,
     pub connector_id: Uuid,
     pub conn_index: u8,
-    pub conn: quinn::Connection,
+    pub conn: Transport,
     /// Set by `unregisterConnection`: no new requests, in-flight ones finish.
     draining: AtomicBool,
 }
@@ -31,7 +33,7 @@ impl LiveConn {
         tunnel_id: Uuid,
         connector_id: Uuid,
         conn_index: u8,
-        conn: quinn::Connection,
+        conn: Transport,
     ) -> Self {
         LiveConn {
             id,
@@ -49,7 +51,7 @@ impl LiveConn {
 
     /// Usable for new requests: not draining and not closed.
     pub fn is_usable(&self) -> bool {
-        !self.is_draining() && self.conn.close_reason().is_none()
+        !self.is_draining() && !self.conn.is_closed()
     }
 }
 

@@ -121,7 +121,8 @@ struct ServerArgs {
     /// Largest accepted API request body, in bytes.
     #[arg(long, env = "CULVERT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
-    /// QUIC listener that connectors (culvert or cloudflared) dial.
+    /// Where connectors (culvert or cloudflared) dial: QUIC on UDP and
+    /// HTTP/2 over TLS on TCP, same port number.
     #[arg(long, env = "CULVERT_EDGE_LISTEN", default_value = "0.0.0.0:7844")]
     edge_listen: SocketAddr,
     /// Public HTTP listener routing eyeball requests by Host.

@@ -212,7 +212,7 @@ impl registration_server::Server for Registrar {
     }
 }
 
-fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+pub fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
         KeyPair, KeyUsagePurpose,
@@ -560,5 +560,7 @@ pub fn connector_config(
         base: Duration::from_millis(100),
         max_exponent: 3,
     };
+    // This edge speaks QUIC only: no fallback to HTTP/2 after retries.
+    c.protocol = culvert_connector::TransportProtocol::Quic;
     c
 }
