@@ -46,6 +46,8 @@ pub enum StreamError {
     OriginBody(#[source] hyper::Error),
     #[error("stream closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
+    #[error("origin connection failed: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StreamError {
@@ -312,6 +314,9 @@ pub async fn serve_data_stream(
         }
     };
     tracing::debug!(dest = %req.dest, kind = ?req.connection_type, "data stream");
+    if req.connection_type == ConnectionType::Websocket {
+        return crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send).await;
+    }
     let result = match req.connection_type {
         ConnectionType::Http => proxy_http(&ctx, &req, initial, recv, &mut send).await,
         ConnectionType::Websocket | ConnectionType::Tcp => {
