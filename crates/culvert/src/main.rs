@@ -39,6 +39,10 @@ enum Command {
     Server(ServerArgs),
     /// Run a connector (our cloudflared): `culvert tunnel [--edge A --cacert CA] run --token T`.
     Tunnel(culvert_connector::cli::TunnelCommand),
+    /// Reach a tunnel's TCP service (SSH, RDP, SMB, TCP) through the public
+    /// listener: `culvert access ssh --hostname H [--url 127.0.0.1:PORT]`.
+    #[command(subcommand)]
+    Access(culvert_connector::access::AccessCommand),
     /// Administer accounts and API tokens in the server's store.
     Admin {
         #[command(flatten)]
@@ -354,5 +358,6 @@ async fn main() -> Result<()> {
         Command::Server(args) => run_server(args).await,
         Command::Admin { store, command } => run_admin(store, command).await,
         Command::Tunnel(cmd) => culvert_connector::cli::run_tunnel_command(cmd).await,
+        Command::Access(cmd) => Ok(culvert_connector::access::run_access_command(cmd).await?),
     }
 }
