@@ -67,10 +67,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            // Shared with an upgraded WebSocket, which outlives this task.
+            let permit = crate::upgrade::ConnectionSlot(Arc::new(permit));
             let shutdown = shared.shutdown.clone();
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
                 let shared = shared.clone();
+                req.extensions_mut().insert(permit.clone());
                 async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
             });
             let conn = http1::Builder::new()

@@ -44,6 +44,15 @@ const MAX_OPEN_ATTEMPTS: usize = 3;
 
 type ProxyBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// The eyeball connection's slot under `max_http_connections`, carried in
+/// the request's extensions so that an upgraded connection keeps counting
+/// after the HTTP server task hands it over.
+#[derive(Clone)]
+pub(crate) struct ConnectionSlot(
+    #[expect(dead_code, reason = "held only to release the slot on drop")]
+    pub  Arc<tokio::sync::OwnedSemaphorePermit>,
+);
+
 /// Whether `Connection` lists `token` (comma-separated, case-insensitive).
 fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -150,6 +159,7 @@ pub(crate) async fn proxy_websocket(
     .map_err(|e| ProxyError::Send(e.to_string()))?;
     let head = into_websocket(built.request).encode();
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let slot = req.extensions_mut().remove::<ConnectionSlot>();
     // The handshake request has no body; the upgraded bytes come later.
     drop(req);
 
@@ -198,6 +208,7 @@ pub(crate) async fn proxy_websocket(
     match answer {
         UpgradeAnswer::Switching(headers) => {
             tokio::spawn(async move {
+                let _slot = slot;
                 let upgraded = match on_upgrade.await {
                     Ok(u) => u,
                     Err(e) => {
