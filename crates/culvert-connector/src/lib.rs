@@ -19,13 +19,16 @@
 //! [`ConnectorError`].
 //!
 //! Modules:
+//! - [`access_tcp`] — `culvert access ssh|tcp`: local streams carried over a
+//!   WebSocket to a tunnel's TCP service.
 //! - [`cli`] — clap flags (cloudflared's names and environment variables)
 //!   and the command entry.
 //! - [`connector`] — supervisor: HA connections, reconnects, shutdown.
 //! - [`rpc`] — control-stream registration and edge-opened RPC streams.
 //! - [`h2transport`] — the HTTP/2 transport (the connector is the HTTP/2
 //!   server; same registration and HTTP proxying as QUIC).
-//! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
+//! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients;
+//!   [`stream_origin`] — websocket streams and TCP services over WebSocket.
 //! - [`orchestrator`] — the live configuration and versioned pushes.
 //! - [`identity`] — token extras, client info and registration params.
 //! - [`access`] — `originRequest.access` token checks; [`socks`] — SOCKS5
@@ -36,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod access_tcp;
 pub mod backoff;
 pub mod cli;
 pub mod connector;
@@ -49,6 +53,7 @@ pub mod origin;
 pub mod proxy;
 pub mod rpc;
 pub mod socks;
+pub mod stream_origin;
 pub mod tls;
 
 pub use backoff::BackoffPolicy;

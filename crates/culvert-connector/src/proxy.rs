@@ -46,6 +46,8 @@ pub enum StreamError {
     OriginBody(#[source] hyper::Error),
     #[error("stream closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
+    #[error("origin connection failed: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StreamError {
@@ -273,7 +275,7 @@ async fn read_head(
 
 /// The request body: bytes that came with the head, then the rest of the
 /// stream up to FIN, one chunk at a time.
-fn request_body(initial: Bytes, recv: quinn::RecvStream) -> OriginBody {
+pub(crate) fn request_body(initial: Bytes, recv: quinn::RecvStream) -> OriginBody {
     let first = (!initial.is_empty()).then_some(initial);
     let stream = futures::stream::unfold(
         (first, Some(recv)),
@@ -313,6 +315,9 @@ pub async fn serve_data_stream(
         }
     };
     tracing::debug!(dest = %req.dest, kind = ?req.connection_type, "data stream");
+    if req.connection_type == ConnectionType::Websocket {
+        return crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send).await;
+    }
     let result = match req.connection_type {
         ConnectionType::Http => proxy_http(&ctx, &req, initial, recv, &mut send).await,
         ConnectionType::Websocket | ConnectionType::Tcp => {
@@ -399,6 +404,11 @@ pub async fn serve_http(
         Origin::Unsupported(service) => HttpOutcome::Error(format!(
             "service {service} cannot serve HTTP requests in this connector yet"
         )),
+        // The QUIC path serves unix: origins before reaching here.
+        Origin::Unix(unix) => HttpOutcome::Error(format!(
+            "unix socket origin {} is served over QUIC only",
+            unix.path().display()
+        )),
         Origin::Http(http) => {
             let url = &http.url;
             let body = if head.has_body() {
@@ -453,6 +463,16 @@ async fn proxy_http(
             return Ok(());
         }
     };
+    // unix: origins are dialled per request on the QUIC stream itself.
+    {
+        let snapshot = ctx.orchestrator.snapshot();
+        let (path, _) = dest_path(&head.dest);
+        let (_, rule, origin) = snapshot.route(&head.host, &path);
+        if let Origin::Unix(unix) = origin {
+            return crate::stream_origin::proxy_unix(ctx, &head, rule, &unix, initial, recv, send)
+                .await;
+        }
+    }
     let body = if head.has_body() {
         request_body(initial, recv)
     } else {

@@ -461,11 +461,15 @@ pub(crate) async fn proxy(
         empty_body()
     };
     let h2_req = h2_request(&head, body).map_err(ProxyError::Send)?;
-    let timeout = shared.tuning.response_timeout;
-    let resp = match tokio::time::timeout(timeout, sender.send_request(h2_req)).await {
+    let resp = match crate::proxy::head_within(
+        shared.tuning.response_timeout,
+        sender.send_request(h2_req),
+    )
+    .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(ProxyError::Send(e.to_string())),
-        Err(_) => return Err(ProxyError::Timeout(timeout)),
+        Err(t) => return Err(ProxyError::Timeout(t)),
     };
     let (parts, body) = resp.into_parts();
     let head = response_head_from_h2(parts.status, &parts.headers)?;
@@ -516,11 +520,15 @@ async fn proxy_websocket(
         PROXY_CONNECTION_UPGRADE,
         HeaderValue::from_static(culvert_proto::h2::UPGRADE_WEBSOCKET),
     );
-    let timeout = shared.tuning.response_timeout;
-    let resp = match tokio::time::timeout(timeout, sender.send_request(h2_req)).await {
+    let resp = match crate::proxy::head_within(
+        shared.tuning.response_timeout,
+        sender.send_request(h2_req),
+    )
+    .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(ProxyError::Send(e.to_string())),
-        Err(_) => return Err(ProxyError::Timeout(timeout)),
+        Err(t) => return Err(ProxyError::Timeout(t)),
     };
     let (parts, from_connector) = resp.into_parts();
     let rebuilt = response_head_from_h2(parts.status, &parts.headers)?;

@@ -70,10 +70,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            // Shared with an upgraded WebSocket, which outlives this task.
+            let permit = crate::upgrade::ConnectionSlot(Arc::new(permit));
             let shutdown = shared.shutdown.clone();
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
                 let shared = shared.clone();
+                req.extensions_mut().insert(permit.clone());
                 async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
             });
             let conn = http1::Builder::new()
@@ -115,6 +117,9 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let result = match resolve(&shared, &host).await {
+        Some(tunnel) if crate::upgrade::is_websocket_upgrade(req.method(), req.headers()) => {
+            crate::upgrade::proxy_websocket(&shared, tunnel, req, &raw_host, peer, &ray).await
+        }
         Some(tunnel) => proxy(&shared, tunnel, req, &raw_host, peer, &ray).await,
         None => Err(ProxyError::UnknownHost(host.clone())),
     };
@@ -234,7 +239,7 @@ async fn proxy(
         }
         let eyeball_body = if replayable { None } else { body.take() };
         let pump = tokio::spawn(pump_request_body(eyeball_body, send, built.has_body));
-        match tokio::time::timeout(timeout, read_response_head(&mut recv)).await {
+        match head_within(timeout, read_response_head(&mut recv)).await {
             Ok(Ok((resp, rest))) => {
                 exchange = Some((resp, rest, recv));
                 break;
@@ -252,10 +257,10 @@ async fn proxy(
                 pump.abort();
                 return Err(e);
             }
-            Err(_) => {
+            Err(t) => {
                 pump.abort();
                 let _ = recv.stop(VarInt::from_u32(0));
-                return Err(ProxyError::Timeout(timeout));
+                return Err(ProxyError::Timeout(t));
             }
         }
     }
@@ -333,8 +338,22 @@ async fn pump_request_body(body: Option<Incoming>, send: quinn::SendStream, has_
     guard.finish();
 }
 
+/// Awaits a response head within the origin response timeout, if one is
+/// set (`--origin-response-timeout`); `Err` carries the timeout that
+/// passed. Only heads are bounded: streamed bodies and upgraded
+/// connections may last.
+pub(crate) async fn head_within<F: std::future::Future>(
+    timeout: Option<Duration>,
+    head: F,
+) -> Result<F::Output, Duration> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, head).await.map_err(|_| t),
+        None => Ok(head.await),
+    }
+}
+
 /// Why no response head could be read.
-enum HeadError {
+pub(crate) enum HeadError {
     /// The stream ended or failed before a single byte arrived: the
     /// connector never answered, so a safe request may be sent elsewhere.
     Lost(String),
@@ -342,9 +361,18 @@ enum HeadError {
     Bad(ProxyError),
 }
 
+impl From<HeadError> for ProxyError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::Lost(m) => ProxyError::BadResponse(m),
+            HeadError::Bad(e) => e,
+        }
+    }
+}
+
 /// Reads the preamble and `ConnectResponse`; returns them with any body
 /// bytes that arrived in the same reads. Bounded by the data-stream limits.
-async fn read_response_head(
+pub(crate) async fn read_response_head(
     recv: &mut quinn::RecvStream,
 ) -> Result<(ConnectResponse, Bytes), HeadError> {
     let bad = |m: String| HeadError::Bad(ProxyError::BadResponse(m));
