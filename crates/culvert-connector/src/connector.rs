@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::backoff::BackoffPolicy;
 use crate::error::ConnectorError;
 use crate::identity::register_params;
+use crate::management::ManagementService;
 use crate::orchestrator::Orchestrator;
 use crate::proxy::{ProxyContext, serve_data_stream};
 use crate::rpc::{register, serve_rpc_stream};
@@ -53,6 +54,9 @@ pub struct ConnectorConfig {
     pub initial_ingress: Ingress,
     /// TLS server name of the edge.
     pub server_name: String,
+    /// Requests for this host are served by the management service
+    /// (`--management-hostname`, cloudflared's default).
+    pub management_hostname: String,
 }
 
 impl ConnectorConfig {
@@ -71,6 +75,7 @@ impl ConnectorConfig {
             rpc_timeout: Duration::from_secs(5),
             initial_ingress: Ingress::default_no_rules(),
             server_name: EDGE_QUIC_SERVER_NAME.to_owned(),
+            management_hostname: crate::management::DEFAULT_MANAGEMENT_HOSTNAME.to_owned(),
         }
     }
 }
@@ -127,6 +132,7 @@ struct Shared {
     state: Arc<ConnectorState>,
     orchestrator: Arc<Orchestrator>,
     pool: LocalPoolHandle,
+    management: Arc<ManagementService>,
 }
 
 /// culvert's cloudflared: `Connector::new(config)?.run(shutdown).await`.
@@ -157,6 +163,11 @@ impl Connector {
         let orchestrator = Arc::new(Orchestrator::new(config.initial_ingress.clone())?);
         let connector_id = Uuid::new_v4();
         tracing::info!(%connector_id, "Generated Connector ID");
+        let management = Arc::new(ManagementService::new(
+            &config.management_hostname,
+            connector_id,
+            config.edge_addrs.clone(),
+        ));
         Ok(Connector {
             shared: Arc::new(Shared {
                 config,
@@ -164,6 +175,7 @@ impl Connector {
                 state: Arc::new(ConnectorState::new(connector_id)),
                 orchestrator,
                 pool: LocalPoolHandle::new(2),
+                management,
             }),
         })
     }
@@ -530,6 +542,7 @@ async fn handle_stream(
             let ctx = ProxyContext {
                 orchestrator: Arc::clone(&shared.orchestrator),
                 connector_id: shared.state.connector_id,
+                management: Some(Arc::clone(&shared.management)),
             };
             if let Err(e) = serve_data_stream(ctx, send, recv, sig).await {
                 tracing::debug!(error = %e, "data stream failed");

@@ -26,6 +26,8 @@
 //! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
 //! - [`orchestrator`] — the live configuration and versioned pushes.
 //! - [`identity`] — token extras, client info and registration params.
+//! - [`management`] — the management service (`/logs` log streaming,
+//!   `/ping`, `/host_details`) and the tracing layer that feeds it.
 //! - [`backoff`], [`tls`], [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod connector;
 pub mod error;
 pub mod identity;
+pub mod management;
 pub mod metrics;
 pub mod orchestrator;
 pub mod origin;
