@@ -28,6 +28,7 @@
 mod control;
 mod error;
 pub mod hosts;
+pub mod management;
 pub mod pages;
 mod proxy;
 mod push;
@@ -48,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::LocalPoolHandle;
 
 pub use error::{EdgeError, ProxyError};
+pub use management::ManagementOptions;
 
 use crate::hosts::HostIndex;
 use crate::registry::Registry;
@@ -73,6 +75,19 @@ pub struct EdgeConfig {
     pub location: String,
     /// This edge node's id in the store's registry.
     pub node_id: String,
+    /// The management host (`/logs` for `culvert tail` / `cloudflared tail`).
+    pub management: ManagementOptions,
+    /// Public HTTPS listener (`--https-listen`, `--tls-cert`, `--tls-key`).
+    pub https: Option<HttpsOptions>,
+}
+
+/// The public TLS listener: eyeball HTTPS and `wss://` for the management
+/// host, with a certificate from files that is reloaded when they change.
+#[derive(Debug, Clone)]
+pub struct HttpsOptions {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Default `tunnel_domain`.
@@ -132,6 +147,12 @@ pub(crate) struct Shared {
     /// Pinned runtimes for the `!Send` RPC sessions.
     pub rpc_pool: LocalPoolHandle,
     pub shutdown: CancellationToken,
+    /// Verifies management tokens (the control plane's key, from the store).
+    pub management_keys: culvert_api::ManagementKeys,
+    /// Public management host (normalised).
+    pub management_hostname: String,
+    /// `HttpHost` management requests are forwarded with.
+    pub management_connector_hostname: String,
 }
 
 impl Shared {
@@ -196,6 +217,9 @@ pub async fn start_with(
         );
     }
 
+    let management_keys = culvert_api::ManagementKeys::load_or_create(&store)
+        .await
+        .map_err(|e| EdgeError::Config(format!("management key: {e}")))?;
     let routes: Arc<dyn Routes> = Arc::new(crate::routes::CachedRoutes::new(store.clone()));
     let mut index = HostIndex::default();
     for cfg in routes.list_remote_configs().await? {
@@ -230,6 +254,9 @@ pub async fn start_with(
         rt: tokio::runtime::Handle::current(),
         rpc_pool: LocalPoolHandle::new(tuning.rpc_threads.max(1)),
         shutdown: CancellationToken::new(),
+        management_keys,
+        management_hostname: management::public_hostname(&config.management, &config.tunnel_domain),
+        management_connector_hostname: management::connector_hostname(&config.management),
         config,
     });
     let tasks = vec![

@@ -76,7 +76,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc);
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -108,6 +109,9 @@ async fn handle(
     let Some(host) = normalize_host(&raw_host) else {
         return error_page(ErrorPage::TunnelUnavailable, &raw_host, &ray);
     };
+    if crate::management::is_management_host(&shared, &host) {
+        return crate::management::handle(shared, req, peer, &ray).await;
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let result = match resolve(&shared, &host).await {

@@ -39,6 +39,8 @@ enum Command {
     Server(ServerArgs),
     /// Run a connector (our cloudflared): `culvert tunnel [--edge A --cacert CA] run --token T`.
     Tunnel(culvert_connector::cli::TunnelCommand),
+    /// Stream a tunnel connector's logs live (as `cloudflared tail`).
+    Tail(culvert::tail::TailCommand),
     /// Administer accounts and API tokens in the server's store.
     Admin {
         #[command(flatten)]
@@ -177,15 +179,22 @@ enum TokenCommand {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    // The console filter is per layer so that `/logs` sessions still get the
+    // connector's debug events (HTTP requests) whatever --log-level says.
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(culvert_connector::management::layer::layer())
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -344,5 +353,6 @@ async fn main() -> Result<()> {
         Command::Server(args) => run_server(args).await,
         Command::Admin { store, command } => run_admin(store, command).await,
         Command::Tunnel(cmd) => culvert_connector::cli::run_tunnel_command(cmd).await,
+        Command::Tail(cmd) => culvert::tail::run(cmd).await,
     }
 }

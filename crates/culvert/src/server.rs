@@ -249,6 +249,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             tunnel_domain: config.tunnel_domain.clone(),
             location: config.location.clone(),
             node_id: node_id(&config.data_dir)?,
+            management: Default::default(),
+            https: None,
         },
         store.clone(),
     )

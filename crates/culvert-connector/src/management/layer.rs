@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use culvert_proto::connect::ConnectRequest;
 use culvert_proto::http_meta::{HTTP_HOST, HTTP_METHOD};
 use serde_json::{Map, Value};
@@ -44,44 +44,58 @@ struct Sink {
     tx: mpsc::Sender<LogEntry>,
 }
 
-/// Where log entries go: at most one attached session.
+/// Where log entries go: the attached sessions (one per management
+/// service; several only when several connectors share a process, as in
+/// tests).
 #[derive(Default)]
 pub struct LogHub {
-    sink: ArcSwapOption<Sink>,
+    sinks: ArcSwap<Vec<Arc<Sink>>>,
     dropped: AtomicU64,
 }
 
 static HUB: std::sync::OnceLock<LogHub> = std::sync::OnceLock::new();
 
-/// The process's hub: a connector is one process in production, as a
-/// cloudflared is, and the tracing subscriber is process-wide anyway.
+/// The process's hub: the tracing subscriber is process-wide, and a
+/// connector is one process in production, as a cloudflared is.
 pub fn hub() -> &'static LogHub {
     HUB.get_or_init(LogHub::default)
 }
 
+/// Session ids unique in the process (the hub is shared by services).
+pub fn next_session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl LogHub {
-    /// Attaches a session (replacing any other) and returns its entries.
+    /// Attaches a session and returns its entries.
     pub fn attach(&self, session: u64, filters: Filters) -> mpsc::Receiver<LogEntry> {
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
-        self.sink.store(Some(Arc::new(Sink {
+        let sink = Arc::new(Sink {
             session,
             filters,
             tx,
-        })));
+        });
+        self.sinks.rcu(|cur| {
+            let mut v = Vec::clone(cur);
+            v.push(Arc::clone(&sink));
+            v
+        });
         rx
     }
 
-    /// Detaches `session` if it is the attached one.
+    /// Detaches `session`.
     pub fn detach(&self, session: u64) {
-        // rcu: a newer session attached meanwhile stays attached.
-        self.sink.rcu(|cur| match cur {
-            Some(s) if s.session == session => None,
-            other => other.clone(),
+        self.sinks.rcu(|cur| {
+            cur.iter()
+                .filter(|s| s.session != session)
+                .cloned()
+                .collect::<Vec<_>>()
         });
     }
 
     pub fn is_active(&self) -> bool {
-        self.sink.load().is_some()
+        !self.sinks.load().is_empty()
     }
 
     /// Entries dropped because a session's buffer was full.
@@ -89,17 +103,26 @@ impl LogHub {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Offers an entry; builds it only if the filters want it.
+    /// Offers an entry to every attached session whose filters want it;
+    /// builds it only if one does.
     pub fn publish(&self, level: LogLevel, event: EventType, build: impl FnOnce() -> LogEntry) {
-        let guard = self.sink.load();
-        let Some(sink) = guard.as_ref() else {
-            return;
-        };
-        if !sink.filters.accepts(level, event, fastrand::f64()) {
-            return;
-        }
-        if sink.tx.try_send(build()).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let sinks = self.sinks.load();
+        let mut entry = None;
+        let mut build = Some(build);
+        for sink in sinks.iter() {
+            if !sink.filters.accepts(level, event, fastrand::f64()) {
+                continue;
+            }
+            if entry.is_none()
+                && let Some(b) = build.take()
+            {
+                entry = Some(b());
+            }
+            if let Some(e) = &entry
+                && sink.tx.try_send(e.clone()).is_err()
+            {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

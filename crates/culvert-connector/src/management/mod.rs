@@ -11,7 +11,6 @@ pub mod layer;
 pub mod protocol;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,7 +49,6 @@ pub struct ManagementService {
     slot: Mutex<SessionSlot>,
     /// Cancels a session when a newer one of the same actor pre-empts it.
     sessions: Mutex<Vec<(u64, CancellationToken)>>,
-    next_session: AtomicU64,
     idle_limit: Duration,
     ping_interval: Duration,
 }
@@ -72,7 +70,6 @@ impl ManagementService {
             edge_addrs,
             slot: Mutex::new(SessionSlot::default()),
             sessions: Mutex::new(Vec::new()),
-            next_session: AtomicU64::new(1),
             idle_limit: Duration::from_secs(protocol::IDLE_LIMIT_SECS),
             ping_interval: Duration::from_secs(protocol::PING_INTERVAL_SECS),
         }
@@ -259,7 +256,7 @@ impl ManagementService {
             }
         };
 
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = layer::next_session_id();
         let cancel = CancellationToken::new();
         let admission = lock(&self.slot).admit(session, actor);
         match admission {
@@ -298,7 +295,6 @@ impl ManagementService {
                         let frame = LogsMessage::new(vec![entry]).encode();
                         if tx.send(Message::text(frame)).await.is_err() { break Message::Close(None); }
                     }
-                    // Another session replaced ours in the hub.
                     None => break close(1000, ""),
                 },
                 m = rx.next() => match m {
