@@ -12,7 +12,7 @@
 //! Boundaries: wire formats come from `culvert-proto` (never re-implemented
 //! here) and rule parsing/matching from `culvert-ingress`; this crate owns
 //! the I/O — QUIC, capnp-rpc sessions, HTTP proxying, backoff, signals,
-//! metrics. The HTTP/2 transport, websocket/TCP/UDP flows and most
+//! metrics. The HTTP/2 transport, private TCP/UDP flows and most
 //! `originRequest` options are later work. The `culvert` binary mounts
 //! [`cli::TunnelCommand`] as its `tunnel` subcommand and calls
 //! [`cli::run_tunnel_command`]; everything below that layer returns
@@ -23,7 +23,8 @@
 //!   and the command entry.
 //! - [`connector`] — supervisor: HA connections, reconnects, shutdown.
 //! - [`rpc`] — control-stream registration and edge-opened RPC streams.
-//! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients.
+//! - [`proxy`] — data streams to origins; [`origin`] — per-rule clients;
+//!   [`stream_origin`] — websocket streams and TCP services over WebSocket.
 //! - [`orchestrator`] — the live configuration and versioned pushes.
 //! - [`identity`] — token extras, client info and registration params.
 //! - [`management`] — the management service (`/logs` log streaming,
@@ -42,6 +43,7 @@ pub mod orchestrator;
 pub mod origin;
 pub mod proxy;
 pub mod rpc;
+pub mod stream_origin;
 pub mod tls;
 
 pub use backoff::BackoffPolicy;

@@ -46,6 +46,8 @@ pub enum StreamError {
     OriginBody(#[source] hyper::Error),
     #[error("stream closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
+    #[error("origin connection failed: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StreamError {
@@ -317,6 +319,9 @@ pub async fn serve_data_stream(
     tracing::debug!(dest = %req.dest, kind = ?req.connection_type, "data stream");
     if let Some(m) = ctx.management.as_ref().filter(|m| m.handles(&req)) {
         return m.serve(req, initial, send, recv).await;
+    }
+    if req.connection_type == ConnectionType::Websocket {
+        return crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send).await;
     }
     let result = match req.connection_type {
         ConnectionType::Http => {

@@ -10,12 +10,13 @@
 //! configurations, routes, the registry's durable side), wire formats
 //! ([`culvert_proto`]) or the REST API (`culvert-api`, which reaches the edge
 //! only through the [`culvert_api::EdgeControl`] hooks). The HTTP/2
-//! transport, WebSocket/TCP flows, UDP and the management relay are not here
-//! yet.
+//! transport, TCP (private routing) flows, UDP and the management relay are
+//! not here yet.
 //!
 //! Layout: [`tls`] (certificates), `quic` (listener and per-connection
 //! actor, registration RPC), `push` (config push), `proxy` (public
-//! listener), and the pure parts with unit tests: [`hosts`] (host → tunnel),
+//! listener), [`upgrade`] (WebSocket upgrades spliced over QUIC), and the
+//! pure parts with unit tests: [`hosts`] (host → tunnel),
 //! [`registry`] (connection selection), [`request`] (ConnectRequest building)
 //! and [`pages`] (error pages).
 //!
@@ -37,6 +38,7 @@ pub mod registry;
 pub mod request;
 mod routes;
 pub mod tls;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,9 +105,11 @@ pub struct Tuning {
     pub registration_timeout: Duration,
     /// TLS/QUIC handshake bound.
     pub handshake_timeout: Duration,
-    /// How long the edge waits for a connector's response head (Cloudflare
-    /// uses 100 s for origins).
-    pub response_timeout: Duration,
+    /// How long the edge waits for a connector's response head; `None`
+    /// waits as long as the eyeball does (`--origin-response-timeout`).
+    /// Only the head is bounded: a streaming body or an upgraded WebSocket
+    /// is never cut by it.
+    pub response_timeout: Option<Duration>,
     /// Bound on opening a stream (waits when the connector's stream limit is
     /// reached).
     pub open_stream_timeout: Duration,
@@ -124,7 +128,7 @@ impl Default for Tuning {
         Tuning {
             registration_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
-            response_timeout: Duration::from_secs(100),
+            response_timeout: None,
             open_stream_timeout: Duration::from_secs(5),
             push_timeout: Duration::from_secs(15),
             max_quic_connections: 10_000,

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use culvert_api::ManagementKeys;
 use culvert_api::management::{Claims, ManagementError};
-use culvert_proto::connect::ConnectionType;
 use culvert_proto::stream::DATA_STREAM_PREAMBLE;
 use culvert_proto::{ConnectResponse, Limits};
 use futures::StreamExt as _;
@@ -31,6 +30,7 @@ use uuid::Uuid;
 use crate::Shared;
 use crate::registry::LiveConn;
 use crate::request::{EyeballHead, ResponseError, build_connect_request, response_head};
+use crate::upgrade::{UpgradeAnswer, upgrade_answer};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -394,18 +394,11 @@ async fn forward(
         scheme: "https",
     })
     .map_err(|e| e.to_string())?;
-    let mut request = built.request;
-    if upgrade {
-        request.connection_type = ConnectionType::Websocket;
-        request.metadata.push(culvert_proto::connect::Metadata::new(
-            "HttpHeader:Connection",
-            "Upgrade",
-        ));
-        request.metadata.push(culvert_proto::connect::Metadata::new(
-            "HttpHeader:Upgrade",
-            "websocket",
-        ));
-    }
+    let request = if upgrade {
+        crate::upgrade::into_websocket(built.request)
+    } else {
+        built.request
+    };
     let (mut send, mut recv) =
         tokio::time::timeout(shared.tuning.open_stream_timeout, conn.conn.open_bi())
             .await
@@ -420,23 +413,31 @@ async fn forward(
         let _ = send.finish();
         None
     };
-    let (resp, rest) = tokio::time::timeout(shared.tuning.response_timeout, read_head(&mut recv))
+    let timeout = shared
+        .tuning
+        .response_timeout
+        .unwrap_or(std::time::Duration::from_secs(100));
+    let (resp, rest) = tokio::time::timeout(timeout, read_head(&mut recv))
         .await
         .map_err(|_| "no response in time".to_string())??;
+    let connector_err = |e: ResponseError| match e {
+        ResponseError::Connector(m) => format!("connector error: {m}"),
+        e => e.to_string(),
+    };
     let mut out = Response::new(());
-    if let Some(accepted) = upgrade.then(|| switching_protocols(&resp)).flatten() {
-        // The hop-by-hop handshake headers are ours to set on this hop.
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *out.headers_mut() = accepted;
-        out.headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        out.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let head = if upgrade {
+        match upgrade_answer(&resp).map_err(connector_err)? {
+            UpgradeAnswer::Switching(headers) => {
+                *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                *out.headers_mut() = headers;
+                None
+            }
+            UpgradeAnswer::Refused(head) => Some(head),
+        }
     } else {
-        let head = response_head(&resp).map_err(|e| match e {
-            ResponseError::Connector(m) => format!("connector error: {m}"),
-            e => e.to_string(),
-        })?;
+        Some(response_head(&resp).map_err(connector_err)?)
+    };
+    if let Some(head) = head {
         *out.status_mut() = head.status;
         *out.headers_mut() = head.headers;
     }
@@ -444,30 +445,6 @@ async fn forward(
         out.headers_mut().insert("cf-ray", v);
     }
     Ok((out, recv, send, rest))
-}
-
-/// The end-to-end headers of a connector's `101` (the accept key, an
-/// agreed subprotocol or extension); `None` if it is not a 101.
-fn switching_protocols(resp: &ConnectResponse) -> Option<http::HeaderMap> {
-    if resp.is_error() {
-        return None;
-    }
-    let head = culvert_proto::http_meta::HttpResponseHead::from_connect_response(resp).ok()?;
-    if head.status != 101 {
-        return None;
-    }
-    let mut headers = http::HeaderMap::new();
-    for (name, value) in &head.headers {
-        if name.to_ascii_lowercase().starts_with("sec-websocket-")
-            && let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            )
-        {
-            headers.append(n, v);
-        }
-    }
-    Some(headers)
 }
 
 async fn read_head(recv: &mut quinn::RecvStream) -> Result<(ConnectResponse, Bytes), String> {

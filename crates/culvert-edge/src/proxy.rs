@@ -115,6 +115,9 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let result = match resolve(&shared, &host).await {
+        Some(tunnel) if crate::upgrade::is_websocket_upgrade(req.method(), req.headers()) => {
+            crate::upgrade::proxy_websocket(&shared, tunnel, req, &raw_host, peer, &ray).await
+        }
         Some(tunnel) => proxy(&shared, tunnel, req, &raw_host, peer, &ray).await,
         None => Err(ProxyError::UnknownHost(host.clone())),
     };
@@ -211,14 +214,19 @@ async fn proxy(
         .map_err(|e| ProxyError::Send(e.to_string()))?;
     let pump = tokio::spawn(pump_request_body(body, send, built.has_body));
 
-    let timeout = shared.tuning.response_timeout;
-    let (resp, rest) = match tokio::time::timeout(timeout, read_response_head(&mut recv)).await {
+    let head_read = match shared.tuning.response_timeout {
+        Some(t) => tokio::time::timeout(t, read_response_head(&mut recv))
+            .await
+            .map_err(|_| t),
+        None => Ok(read_response_head(&mut recv).await),
+    };
+    let (resp, rest) = match head_read {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             pump.abort();
             return Err(e);
         }
-        Err(_) => {
+        Err(timeout) => {
             pump.abort();
             let _ = recv.stop(VarInt::from_u32(0));
             return Err(ProxyError::Timeout(timeout));
@@ -295,7 +303,7 @@ async fn pump_request_body(mut body: Incoming, send: quinn::SendStream, has_body
 
 /// Reads the preamble and `ConnectResponse`; returns them with any body
 /// bytes that arrived in the same reads. Bounded by the data-stream limits.
-async fn read_response_head(
+pub(crate) async fn read_response_head(
     recv: &mut quinn::RecvStream,
 ) -> Result<(ConnectResponse, Bytes), ProxyError> {
     let limit = DATA_STREAM_PREAMBLE.len() + Limits::DATA_STREAM.max_message_bytes;

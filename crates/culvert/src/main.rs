@@ -110,6 +110,15 @@ struct ServerArgs {
     /// the edge CA into minted tunnel tokens so `culvert tunnel run --token T` needs no flags.
     #[arg(long, env = "CULVERT_PUBLIC_EDGE_ADDRESS", value_delimiter = ',')]
     public_edge_address: Vec<String>,
+    /// How long the edge waits for an origin's response head (Go duration,
+    /// e.g. `100s`); streamed bodies and WebSockets are never cut. Default: no limit.
+    #[arg(long, env = "CULVERT_ORIGIN_RESPONSE_TIMEOUT", value_parser = parse_response_timeout)]
+    origin_response_timeout: Option<std::time::Duration>,
+}
+
+/// `--origin-response-timeout`: a positive Go duration (`0` means none).
+fn parse_response_timeout(s: &str) -> Result<std::time::Duration, String> {
+    culvert_connector::cli::parse_go_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -222,6 +231,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         tunnel_domain: args.tunnel_domain,
         location: args.location,
         public_edge_address: args.public_edge_address,
+        origin_response_timeout: args.origin_response_timeout.filter(|d| !d.is_zero()),
     })
     .await?;
     if let Some(b) = &running.bootstrap {

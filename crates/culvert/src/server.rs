@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// Edge address(es) written into minted tokens (`culvert_edge`, with the
     /// CA as `culvert_ca`), so `culvert tunnel run --token T` needs no flags.
     pub public_edge_address: Vec<String>,
+    /// How long the edge waits for a connector's response head
+    /// (`--origin-response-timeout`); `None`: no limit.
+    pub origin_response_timeout: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -58,6 +61,7 @@ impl ServerConfig {
             tunnel_domain: culvert_edge::DEFAULT_TUNNEL_DOMAIN.to_string(),
             location: culvert_edge::DEFAULT_LOCATION.to_string(),
             public_edge_address: Vec::new(),
+            origin_response_timeout: None,
         }
     }
 }
@@ -239,7 +243,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         write_private_file(&path, &serde_json::to_vec_pretty(b)?)?;
     }
 
-    let edge = culvert_edge::start(
+    let edge = culvert_edge::start_with(
         EdgeConfig {
             edge_listen: config.edge_listen,
             http_listen: config.http_listen,
@@ -253,6 +257,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             https: None,
         },
         store.clone(),
+        culvert_edge::Tuning {
+            response_timeout: config.origin_response_timeout,
+            ..culvert_edge::Tuning::default()
+        },
     )
     .await
     .context("starting the edge")?;

@@ -140,7 +140,7 @@ pub fn tuning() -> Tuning {
     Tuning {
         registration_timeout: Duration::from_secs(3),
         handshake_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(3),
+        response_timeout: Some(Duration::from_secs(3)),
         open_stream_timeout: Duration::from_millis(500),
         push_timeout: Duration::from_secs(5),
         ..Tuning::default()

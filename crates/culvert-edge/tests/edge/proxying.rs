@@ -382,7 +382,7 @@ async fn bodies_stream_both_ways_with_backpressure() {
     // The connector answers only after reading the whole upload, slowly
     // (debug build, byte checks): give it time.
     let tuning = culvert_edge::Tuning {
-        response_timeout: Duration::from_secs(30),
+        response_timeout: Some(Duration::from_secs(30)),
         ..tuning()
     };
     let h = Harness::with_tuning(ConfigSource::Cloudflare, tuning).await;

@@ -54,6 +54,11 @@ pub async fn pg_database(base: &str) -> (String, String) {
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestServer::start`], with `tweak` applied to the configuration.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let (pg_db, database_url) = match &backend {
             Backend::Sqlite => (None, None),
@@ -62,9 +67,9 @@ impl TestServer {
                 (Some(name), Some(url))
             }
         };
-        let server = server::start(config(&dir, database_url.clone()))
-            .await
-            .unwrap();
+        let mut cfg = config(&dir, database_url.clone());
+        tweak(&mut cfg);
+        let server = server::start(cfg).await.unwrap();
         let Bootstrap {
             account_id,
             api_token,
