@@ -30,6 +30,7 @@ mod control;
 mod error;
 pub mod hosts;
 pub mod management;
+pub mod metrics;
 pub mod pages;
 mod proxy;
 mod push;
@@ -157,6 +158,7 @@ pub(crate) struct Shared {
     pub management_hostname: String,
     /// `HttpHost` management requests are forwarded with.
     pub management_connector_hostname: String,
+    pub metrics: Arc<metrics::EdgeMetrics>,
 }
 
 impl Shared {
@@ -166,6 +168,25 @@ impl Shared {
 
     pub fn hosts_write(&self) -> std::sync::RwLockWriteGuard<'_, HostIndex> {
         self.hosts.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads the edge's metrics and state for `/metrics` and `/readyz`.
+#[derive(Clone)]
+pub struct EdgeObserver(Arc<Shared>);
+
+impl EdgeObserver {
+    /// Writes the edge's Prometheus families.
+    pub fn encode_metrics(&self, enc: &mut metrics::TextEncoder) {
+        let all = self.0.registry.all();
+        let connectors: std::collections::HashSet<uuid::Uuid> =
+            all.iter().map(|c| c.connector_id).collect();
+        self.0.metrics.encode(enc, all.len(), connectors.len());
+    }
+
+    /// The listeners are up (started and not shutting down).
+    pub fn is_serving(&self) -> bool {
+        !self.0.shutdown.is_cancelled()
     }
 }
 
@@ -259,6 +280,7 @@ pub async fn start_with(
         rpc_pool: LocalPoolHandle::new(tuning.rpc_threads.max(1)),
         shutdown: CancellationToken::new(),
         management_keys,
+        metrics: Arc::default(),
         management_hostname: management::public_hostname(&config.management, &config.tunnel_domain),
         management_connector_hostname: management::connector_hostname(&config.management),
         config,
@@ -297,6 +319,11 @@ impl RunningEdge {
     /// The hooks the API calls (config changes, removed connections).
     pub fn control(&self) -> Arc<dyn culvert_api::EdgeControl> {
         Arc::new(control::Control::new(self.shared.clone()))
+    }
+
+    /// A handle for metrics and readiness that outlives borrows of `self`.
+    pub fn observer(&self) -> EdgeObserver {
+        EdgeObserver(self.shared.clone())
     }
 
     /// Number of live registered connections on this edge.

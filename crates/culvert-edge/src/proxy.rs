@@ -68,29 +68,43 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let shutdown = shared.shutdown.clone();
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
+            serve_connection(shared, tcp, peer).await;
         });
+    }
+}
+
+/// Serves one eyeball connection (plain TCP or TLS) until it ends or the
+/// edge shuts down; counts its bytes and response statuses.
+pub(crate) async fn serve_connection<I>(shared: Arc<Shared>, io: I, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = shared.shutdown.clone();
+    let io = crate::metrics::CountingIo::new(io, shared.metrics.clone());
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            let resp = handle(shared.clone(), req, peer).await;
+            shared.metrics.eyeball_requests.inc(resp.status().as_u16());
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }
 
@@ -127,6 +141,7 @@ async fn handle(
             resp
         }
         Err(e) => {
+            shared.metrics.proxy_error(&e);
             let page = match &e {
                 ProxyError::UnknownHost(_)
                 | ProxyError::NoConnection(_)

@@ -110,6 +110,9 @@ struct ServerArgs {
     /// the edge CA into minted tunnel tokens so `culvert tunnel run --token T` needs no flags.
     #[arg(long, env = "CULVERT_PUBLIC_EDGE_ADDRESS", value_delimiter = ',')]
     public_edge_address: Vec<String>,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address.
+    #[arg(long, env = "CULVERT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How long the edge waits for an origin's response head (Go duration,
     /// e.g. `100s`); streamed bodies and WebSockets are never cut. Default: no limit.
     #[arg(long, env = "CULVERT_ORIGIN_RESPONSE_TIMEOUT", value_parser = parse_response_timeout)]
@@ -231,6 +234,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         tunnel_domain: args.tunnel_domain,
         location: args.location,
         public_edge_address: args.public_edge_address,
+        metrics_listen: args.metrics_listen,
         origin_response_timeout: args.origin_response_timeout.filter(|d| !d.is_zero()),
     })
     .await?;

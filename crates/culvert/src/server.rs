@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// Edge address(es) written into minted tokens (`culvert_edge`, with the
     /// CA as `culvert_ca`), so `culvert tunnel run --token T` needs no flags.
     pub public_edge_address: Vec<String>,
+    /// Prometheus `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_listen: Option<SocketAddr>,
     /// How long the edge waits for a connector's response head
     /// (`--origin-response-timeout`); `None`: no limit.
     pub origin_response_timeout: Option<std::time::Duration>,
@@ -61,6 +63,7 @@ impl ServerConfig {
             tunnel_domain: culvert_edge::DEFAULT_TUNNEL_DOMAIN.to_string(),
             location: culvert_edge::DEFAULT_LOCATION.to_string(),
             public_edge_address: Vec::new(),
+            metrics_listen: Some(any),
             origin_response_timeout: None,
         }
     }
@@ -194,11 +197,17 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
     edge: Option<RunningEdge>,
+    /// `/metrics`, `/healthz`, `/readyz` (with `metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
+    observed: Arc<crate::observe::Observed>,
 }
 
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, closes the store.
     pub async fn shutdown(mut self) -> Result<()> {
+        self.observed
+            .api_up
+            .store(false, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
         let api = self.task.await.context("server task panicked")?;
         if let Some(edge) = self.edge.take() {
@@ -282,8 +291,40 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             token_extras,
         },
     );
-    let app = culvert_api::router(state);
+    let api_metrics = Arc::new(crate::observe::ApiMetrics::default());
+    let app = culvert_api::router(state).layer(axum::middleware::from_fn_with_state(
+        api_metrics.clone(),
+        crate::observe::track,
+    ));
+    let observed = Arc::new(crate::observe::Observed {
+        api: api_metrics,
+        edge: edge.observer(),
+        store: store.clone(),
+        api_up: std::sync::atomic::AtomicBool::new(true),
+    });
     let (tx, mut rx) = watch::channel(false);
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener on {addr}"))?;
+            let bound = l.local_addr()?;
+            let mut stop = rx.clone();
+            let app = crate::observe::router(observed.clone());
+            tokio::spawn(async move {
+                let r = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "metrics listener failed");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -310,6 +351,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         shutdown: tx,
         task,
         edge: Some(edge),
+        metrics_addr,
+        observed,
     })
 }
 

@@ -549,3 +549,130 @@ async fn ping_and_host_details() {
     );
     st.stop().await;
 }
+
+/// The value of one sample line (`name{labels} value`), 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_move_with_traffic_and_health_endpoints() {
+    let st = Setup::new("obs-metrics").await;
+    let server = st.s.server.as_ref().unwrap();
+    let base = format!("http://{}", server.metrics_addr.unwrap());
+    let scrape = || async {
+        let r =
+            st.s.client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        r.text().await.unwrap()
+    };
+    let before = scrape().await;
+    assert_eq!(sample(&before, "culvert_edge_connections"), 2, "{before}");
+    assert_eq!(sample(&before, "culvert_edge_connectors"), 1);
+    // Two of the four expected HA connections: degraded.
+    assert_eq!(
+        sample(&before, r#"culvert_tunnels{status="degraded"}"#),
+        1,
+        "{before}"
+    );
+    assert!(sample(&before, r#"culvert_edge_config_pushes_total{outcome="ok"}"#) >= 1);
+
+    for _ in 0..5 {
+        assert_eq!(st.get("/hello").await, 200);
+    }
+    assert_eq!(st.get("/nope").await, 404);
+    // Unknown host: the edge's own 530 page, not a stream error.
+    let addr = server.http_addr;
+    let r =
+        st.s.client
+            .get(format!("http://{addr}/"))
+            .header("host", "unknown.invalid")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 530);
+    let (status, _) = call(st.s.req(Method::GET, &st.s.acct("/cfd_tunnel"))).await;
+    assert_eq!(status, 200);
+
+    let after = scrape().await;
+    let d = |series: &str| sample(&after, series) - sample(&before, series);
+    assert_eq!(
+        d(r#"culvert_edge_requests_total{status="200"}"#),
+        5,
+        "{after}"
+    );
+    assert_eq!(d(r#"culvert_edge_requests_total{status="404"}"#), 1);
+    assert_eq!(d(r#"culvert_edge_requests_total{status="530"}"#), 1);
+    assert!(d("culvert_edge_received_bytes_total") > 0);
+    assert!(d("culvert_edge_sent_bytes_total") >= 5 * "hello from origin".len() as u64);
+    assert!(
+        sample(
+            &after,
+            r#"culvert_api_requests_total{route="/client/v4/accounts/{account_id}/cfd_tunnel",method="GET",status="200"}"#
+        ) >= 1,
+        "{after}"
+    );
+
+    // A tunnel whose connector is gone: a stream error is counted.
+    let r =
+        st.s.client
+            .get(format!("http://{addr}/"))
+            .header(
+                "host",
+                format!("{}.cfargotunnel.localhost", uuid::Uuid::new_v4()),
+            )
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 530);
+    let again = scrape().await;
+    assert_eq!(
+        sample(
+            &again,
+            r#"culvert_edge_stream_errors_total{kind="no_connection"}"#
+        ) - sample(
+            &after,
+            r#"culvert_edge_stream_errors_total{kind="no_connection"}"#
+        ),
+        1,
+        "{again}"
+    );
+
+    let r =
+        st.s.client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let r =
+        st.s.client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    // With the store closed, not ready.
+    st.s.store().close().await;
+    let r =
+        st.s.client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("store"));
+    st.stop().await;
+}
