@@ -33,6 +33,7 @@ pub mod management;
 pub mod metrics;
 pub mod pages;
 mod proxy;
+pub mod public_tls;
 mod push;
 mod quic;
 pub mod registry;
@@ -195,6 +196,7 @@ pub struct RunningEdge {
     shared: Arc<Shared>,
     quic_addr: SocketAddr,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     ca_pem: String,
     endpoint: quinn::Endpoint,
     tasks: Vec<JoinHandle<()>>,
@@ -269,6 +271,10 @@ pub async fn start_with(
         addr: config.http_listen,
         source: e,
     })?;
+    let https = match &config.https {
+        Some(opts) => Some(public_tls::bind(opts).await?),
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         store,
@@ -285,15 +291,24 @@ pub async fn start_with(
         management_connector_hostname: management::connector_hostname(&config.management),
         config,
     });
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(quic::accept_loop(shared.clone(), endpoint.clone())),
         tokio::spawn(proxy::serve(shared.clone(), http)),
     ];
+    let https_addr = https.map(|(listener, addr, certs)| {
+        tasks.push(tokio::spawn(public_tls::serve(
+            shared.clone(),
+            listener,
+            certs,
+        )));
+        addr
+    });
     tracing::info!(%quic_addr, %http_addr, node = %shared.config.node_id, "edge started");
     Ok(RunningEdge {
         shared,
         quic_addr,
         http_addr,
+        https_addr,
         ca_pem: tls.ca_pem,
         endpoint,
         tasks,
@@ -304,6 +319,11 @@ impl RunningEdge {
     /// The bound QUIC address (useful with port 0).
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
+    }
+
+    /// The bound public HTTPS address, if `https` was configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// The bound public HTTP address.

@@ -113,6 +113,20 @@ struct ServerArgs {
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address.
     #[arg(long, env = "CULVERT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Public HTTPS listener (eyeballs and `wss://` for the management host);
+    /// needs --tls-cert and --tls-key.
+    #[arg(long, env = "CULVERT_HTTPS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    https_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of --https-listen; reloaded when it changes.
+    #[arg(long, env = "CULVERT_TLS_CERT", requires = "https_listen")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "CULVERT_TLS_KEY", requires = "https_listen")]
+    tls_key: Option<PathBuf>,
+    /// Public name of the management host (`culvert tail`, `cloudflared tail`);
+    /// default `management.<tunnel-domain>`.
+    #[arg(long, env = "CULVERT_MANAGEMENT_HOSTNAME")]
+    management_hostname: Option<String>,
     /// How long the edge waits for an origin's response head (Go duration,
     /// e.g. `100s`); streamed bodies and WebSockets are never cut. Default: no limit.
     #[arg(long, env = "CULVERT_ORIGIN_RESPONSE_TIMEOUT", value_parser = parse_response_timeout)]
@@ -235,6 +249,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         location: args.location,
         public_edge_address: args.public_edge_address,
         metrics_listen: args.metrics_listen,
+        https: match (args.https_listen, args.tls_cert, args.tls_key) {
+            (Some(listen), Some(cert), Some(key)) => {
+                Some(culvert_edge::HttpsOptions { listen, cert, key })
+            }
+            _ => None,
+        },
+        management_hostname: args.management_hostname,
         origin_response_timeout: args.origin_response_timeout.filter(|d| !d.is_zero()),
     })
     .await?;
@@ -250,6 +271,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         "culvert edge listening on {} (QUIC), public HTTP on {}",
         running.edge_addr, running.http_addr
     );
+    if let Some(a) = running.https_addr {
+        println!("culvert public HTTPS on {a}");
+    }
+    if let Some(a) = running.metrics_addr {
+        println!("culvert metrics on http://{a}/metrics");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await

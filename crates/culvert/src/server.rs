@@ -42,6 +42,11 @@ pub struct ServerConfig {
     pub public_edge_address: Vec<String>,
     /// Prometheus `/metrics`, `/healthz` and `/readyz`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Public HTTPS listener (eyeballs, `wss://` management host) with the
+    /// certificate chain and key files (reloaded on change).
+    pub https: Option<culvert_edge::HttpsOptions>,
+    /// Public management host name; `None` = `management.<tunnel_domain>`.
+    pub management_hostname: Option<String>,
     /// How long the edge waits for a connector's response head
     /// (`--origin-response-timeout`); `None`: no limit.
     pub origin_response_timeout: Option<std::time::Duration>,
@@ -64,6 +69,8 @@ impl ServerConfig {
             location: culvert_edge::DEFAULT_LOCATION.to_string(),
             public_edge_address: Vec::new(),
             metrics_listen: Some(any),
+            https: None,
+            management_hostname: None,
             origin_response_timeout: None,
         }
     }
@@ -199,6 +206,8 @@ pub struct RunningServer {
     edge: Option<RunningEdge>,
     /// `/metrics`, `/healthz`, `/readyz` (with `metrics_listen`).
     pub metrics_addr: Option<SocketAddr>,
+    /// Public HTTPS listener (with `https`).
+    pub https_addr: Option<SocketAddr>,
     observed: Arc<crate::observe::Observed>,
 }
 
@@ -262,8 +271,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             tunnel_domain: config.tunnel_domain.clone(),
             location: config.location.clone(),
             node_id: node_id(&config.data_dir)?,
-            management: Default::default(),
-            https: None,
+            management: culvert_edge::ManagementOptions {
+                hostname: config.management_hostname.clone(),
+                connector_hostname: None,
+            },
+            https: config.https.clone(),
         },
         store.clone(),
         culvert_edge::Tuning {
@@ -340,6 +352,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         database = %redact(&url),
         "culvert server started"
     );
+    let https_addr = edge.https_addr();
     Ok(RunningServer {
         api_addr,
         edge_addr: edge.quic_addr(),
@@ -352,6 +365,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         task,
         edge: Some(edge),
         metrics_addr,
+        https_addr,
         observed,
     })
 }

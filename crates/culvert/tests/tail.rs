@@ -43,8 +43,12 @@ struct Setup {
 
 impl Setup {
     async fn new(name: &str) -> Setup {
+        Self::new_with(name, |_| {}).await
+    }
+
+    async fn new_with(name: &str, tweak: impl FnOnce(&mut culvert::server::ServerConfig)) -> Setup {
         init_tracing();
-        let s = TestServer::start(Backend::Sqlite).await;
+        let s = TestServer::start_with(Backend::Sqlite, tweak).await;
         let origin = origin::start().await;
         let host = format!("{name}.example.test");
         let (status, body) = call(
@@ -674,5 +678,118 @@ async fn metrics_move_with_traffic_and_health_endpoints() {
             .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("store"));
+    st.stop().await;
+}
+
+/// A CA and a leaf for `names`, written as `cert.pem` (leaf + CA) and
+/// `key.pem` into `dir`; returns the CA PEM.
+fn write_tls(dir: &std::path::Path, names: &[&str]) -> String {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+    // Key first, then the chain: a watcher never sees a new chain with the old key.
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    ca.pem()
+}
+
+/// One HTTPS request over a fresh TLS connection trusting `ca`.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_listener_serves_eyeballs_and_wss_tail_and_reloads_its_certificate() {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let name = "tail-https";
+    let host = format!("{name}.example.test");
+    let ca1 = write_tls(tls_dir.path(), &[&host, MGMT]);
+    let (cert, key) = (
+        tls_dir.path().join("cert.pem"),
+        tls_dir.path().join("key.pem"),
+    );
+    let st = Setup::new_with(name, |c| {
+        c.https = Some(culvert_edge::HttpsOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    })
+    .await;
+    let https = st.s.server.as_ref().unwrap().https_addr.unwrap();
+
+    let resp = https_get(https, &ca1, &host, "/hello").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("hello from origin"), "{resp}");
+
+    // `culvert tail` over wss:// with the operator's CA.
+    let token = st.api_token().await;
+    let target = Target {
+        host: MGMT.into(),
+        connect: Some(https.to_string()),
+        plaintext: false,
+        cacert: Some(tls_dir.path().join("ca.pem")),
+    };
+    let mut session = LogSession::connect(&target, &token, None).await.unwrap();
+    session.start(all()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = https_get(https, &ca1, &host, "/hello?tls=1").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let e = wait_request(&mut session, "/hello").await;
+    assert_eq!(e.fields["status"], 200);
+    session.stop().await.unwrap();
+
+    // A renewed certificate (from another CA) is picked up without restart.
+    let ca2 = write_tls(tls_dir.path(), &[&host, MGMT]);
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if https_get(https, &ca2, &host, "/hello")
+            .await
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+        {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "the new certificate was not served");
+    assert!(https_get(https, &ca1, &host, "/hello").await.is_err());
     st.stop().await;
 }
