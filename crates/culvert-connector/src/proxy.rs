@@ -321,7 +321,9 @@ pub async fn serve_data_stream(
         return m.serve(req, initial, send, recv).await;
     }
     if req.connection_type == ConnectionType::Websocket {
-        return crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send).await;
+        let span = crate::management::layer::request_span(&req);
+        let ws = crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send);
+        return tracing::Instrument::instrument(ws, span).await;
     }
     let result = match req.connection_type {
         ConnectionType::Http => {

@@ -10,13 +10,14 @@
 //! configurations, routes, the registry's durable side), wire formats
 //! ([`culvert_proto`]) or the REST API (`culvert-api`, which reaches the edge
 //! only through the [`culvert_api::EdgeControl`] hooks). The HTTP/2
-//! transport, TCP (private routing) flows, UDP and the management relay are
-//! not here yet.
+//! transport, TCP (private routing) flows and UDP are not here yet.
 //!
 //! Layout: [`tls`] (certificates), `quic` (listener and per-connection
 //! actor, registration RPC), `push` (config push), `proxy` (public
-//! listener), [`upgrade`] (WebSocket upgrades spliced over QUIC), and the
-//! pure parts with unit tests: [`hosts`] (host → tunnel),
+//! listener), [`upgrade`] (WebSocket upgrades spliced over QUIC),
+//! [`management`] (the management host: token checks, connector choice,
+//! relay), [`public_tls`] (the HTTPS listener, reloading certificate),
+//! [`metrics`] (counters, Prometheus text), and the pure parts with unit tests: [`hosts`] (host → tunnel),
 //! [`registry`] (connection selection), [`request`] (ConnectRequest building)
 //! and [`pages`] (error pages).
 //!

@@ -7,7 +7,7 @@
 //! tunnel with `HttpHost` = the host connectors serve management on.
 //!
 //! The decisions ([`check_token`], [`select_connector`], [`rewrite_origin`],
-//! [`Refusal`]) are pure and unit-tested; [`handle`] does the I/O.
+//! [`Refusal`]) are pure and unit-tested; `handle` does the I/O.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
