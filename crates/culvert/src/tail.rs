@@ -368,6 +368,8 @@ impl LogSession {
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
                             .unwrap_or((1005, String::new())),
                     );
+                    // Sends the close reply tungstenite queued.
+                    let _ = self.ws.flush().await;
                     return Ok(None);
                 }
                 Some(Ok(_)) => {}

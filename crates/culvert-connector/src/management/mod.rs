@@ -37,6 +37,8 @@ use protocol::{
 pub const DEFAULT_MANAGEMENT_HOSTNAME: &str = "management.argotunnel.com";
 /// The feature string advertising log streaming.
 pub const FEATURE_MANAGEMENT_LOGS: &str = "management_logs";
+/// How long a close waits for the peer's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Client frames are small commands.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
@@ -218,6 +220,15 @@ impl ManagementService {
         recv: quinn::RecvStream,
     ) {
         let io = tokio::io::join(std::io::Cursor::new(initial).chain(recv), send);
+        self.run_logs_io(actor, io).await;
+    }
+
+    /// The `/logs` session over any byte stream whose WebSocket handshake
+    /// is done (the data stream in production, a pipe in tests).
+    pub async fn run_logs_io<IO>(self: &Arc<Self>, actor: &str, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_CLIENT_MESSAGE))
             .max_frame_size(Some(MAX_CLIENT_MESSAGE));
@@ -232,7 +243,7 @@ impl ManagementService {
         let filters = loop {
             tokio::select! {
                 _ = &mut idle => {
-                    let _ = tx.send(close(CLOSE_IDLE, REASON_IDLE)).await;
+                    closing(&mut tx, &mut rx, close(CLOSE_IDLE, REASON_IDLE)).await;
                     return;
                 }
                 _ = ping.tick() => {
@@ -242,13 +253,13 @@ impl ManagementService {
                     Some(Ok(Message::Text(t))) => match protocol::first_command(t.as_str()) {
                         FirstCommand::Start(f) => break f,
                         FirstCommand::Close(code, reason) => {
-                            let _ = tx.send(close(code, reason)).await;
+                            closing(&mut tx, &mut rx, close(code, reason)).await;
                             return;
                         }
                     },
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Binary(_))) => {
-                        let _ = tx.send(close(protocol::CLOSE_EXPECTED_START, protocol::REASON_EXPECTED_START)).await;
+                        closing(&mut tx, &mut rx, close(protocol::CLOSE_EXPECTED_START, protocol::REASON_EXPECTED_START)).await;
                         return;
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
@@ -262,9 +273,12 @@ impl ManagementService {
         match admission {
             Admission::Refused => {
                 tracing::info!(actor, "management: refusing a second streaming session");
-                let _ = tx
-                    .send(close(CLOSE_SESSION_LIMIT, REASON_SESSION_LIMIT))
-                    .await;
+                closing(
+                    &mut tx,
+                    &mut rx,
+                    close(CLOSE_SESSION_LIMIT, REASON_SESSION_LIMIT),
+                )
+                .await;
                 return;
             }
             Admission::Preempted(old) => {
@@ -314,10 +328,30 @@ impl ManagementService {
         lock(&self.sessions).retain(|(id, _)| *id != session);
         tracing::info!(actor, session, "management: log streaming ended");
         if matches!(&reason, Message::Close(Some(_))) {
-            let _ = tx.send(reason).await;
+            closing(&mut tx, &mut rx, reason).await;
         }
         let _ = tx.close().await;
     }
+}
+
+/// Sends a close frame and waits (bounded) for the peer's, so that the
+/// closing handshake completes before the stream ends.
+async fn closing<S, R, E>(tx: &mut S, rx: &mut R, frame: Message)
+where
+    S: futures::Sink<Message> + Unpin,
+    R: futures::Stream<Item = Result<Message, E>> + Unpin,
+{
+    if tx.send(frame).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(m)) = rx.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -413,6 +447,101 @@ fn os_hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::{EventType, LogEntry, LogLevel};
+
+    async fn client(
+        svc: &Arc<ManagementService>,
+        actor: &str,
+    ) -> WebSocketStream<tokio::io::DuplexStream> {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (svc, actor) = (Arc::clone(svc), actor.to_owned());
+        tokio::spawn(async move { svc.run_logs_io(&actor, a).await });
+        WebSocketStream::from_raw_socket(b, Role::Client, None).await
+    }
+
+    /// Reads until a close frame; counts pings on the way.
+    async fn close_of(ws: &mut WebSocketStream<tokio::io::DuplexStream>) -> (u16, usize) {
+        let mut pings = 0;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => {
+                    return (f.map_or(1005, |f| u16::from(f.code)), pings);
+                }
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("{e}"),
+                None => panic!("closed without a close frame"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_close_with_4003_after_pings() {
+        let svc = Arc::new(ManagementService::new("m", Uuid::nil(), vec![]));
+        let mut ws = client(&svc, "me").await;
+        let started = tokio::time::Instant::now();
+        let (code, pings) = close_of(&mut ws).await;
+        assert_eq!(code, CLOSE_IDLE);
+        assert!(started.elapsed() >= Duration::from_secs(300));
+        assert_eq!(pings, 19, "a ping every 15 s before the 5 min idle limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_rules_over_a_pipe() {
+        let svc = Arc::new(ManagementService::new("m", Uuid::nil(), vec![]));
+        // Binary or a non-start first command: 4001.
+        let mut ws = client(&svc, "me").await;
+        ws.send(Message::text(r#"{"type":"stop_streaming"}"#))
+            .await
+            .unwrap();
+        assert_eq!(close_of(&mut ws).await.0, protocol::CLOSE_EXPECTED_START);
+
+        let start = protocol::ClientMessage::StartStreaming {
+            filters: Some(protocol::Filters {
+                events: vec![EventType::Udp],
+                ..Default::default()
+            }),
+        }
+        .to_json();
+        let mut a = client(&svc, "alice").await;
+        a.send(Message::text(start.clone())).await.unwrap();
+        // Wait until the session holds the slot.
+        while lock(&svc.slot).active().is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut b = client(&svc, "bob").await;
+        b.send(Message::text(start.clone())).await.unwrap();
+        assert_eq!(close_of(&mut b).await.0, CLOSE_SESSION_LIMIT);
+
+        // Entries matching the filters arrive as one-entry logs frames
+        // (udp: no other test or connector emits those).
+        layer::hub().publish(LogLevel::Info, EventType::Udp, || LogEntry {
+            time: "t".into(),
+            level: LogLevel::Info,
+            message: "udp flow".into(),
+            event: EventType::Udp,
+            fields: Default::default(),
+        });
+        let frame = loop {
+            match a.next().await.unwrap().unwrap() {
+                Message::Text(t) => break t,
+                _ => continue,
+            }
+        };
+        let logs = LogsMessage::decode(frame.as_str()).unwrap().logs;
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].message, "udp flow");
+
+        // The same actor pre-empts; the old session is closed normally.
+        let mut a2 = client(&svc, "alice").await;
+        a2.send(Message::text(start)).await.unwrap();
+        assert_eq!(close_of(&mut a).await.0, 1000);
+        a2.send(Message::text(r#"{"type":"stop_streaming"}"#))
+            .await
+            .unwrap();
+        assert_eq!(close_of(&mut a2).await.0, 1000);
+        assert!(lock(&svc.slot).active().is_none());
+    }
 
     #[test]
     fn routes_and_hosts() {
