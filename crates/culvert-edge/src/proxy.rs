@@ -68,21 +68,41 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(shared, tcp, peer).await;
+            serve_connection(shared, tcp, peer, EyeballScheme::Http).await;
         });
+    }
+}
+
+/// The public listener a request arrived on (a request extension), so the
+/// connector sees the eyeball's scheme in `dest` and `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EyeballScheme {
+    Http,
+    Https,
+}
+
+pub(crate) fn eyeball_scheme<B>(req: &Request<B>) -> &'static str {
+    match req.extensions().get::<EyeballScheme>() {
+        Some(EyeballScheme::Https) => "https",
+        _ => "http",
     }
 }
 
 /// Serves one eyeball connection (plain TCP or TLS) until it ends or the
 /// edge shuts down; counts its bytes and response statuses.
-pub(crate) async fn serve_connection<I>(shared: Arc<Shared>, io: I, peer: SocketAddr)
-where
+pub(crate) async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    scheme: EyeballScheme,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = shared.shutdown.clone();
     let io = crate::metrics::CountingIo::new(io, shared.metrics.clone());
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
+        req.extensions_mut().insert(scheme);
         async move {
             let resp = handle(shared.clone(), req, peer).await;
             shared.metrics.eyeball_requests.inc(resp.status().as_u16());
@@ -197,7 +217,7 @@ async fn proxy(
         host: raw_host,
         peer_ip: peer.ip(),
         ray,
-        scheme: "http",
+        scheme: eyeball_scheme(&req),
     })
     .map_err(|e| ProxyError::Send(e.to_string()))?;
     let method = req.method().clone();

@@ -194,7 +194,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, certs: Arc
                     return;
                 }
             };
-            crate::proxy::serve_connection(shared, tls, peer).await;
+            crate::proxy::serve_connection(shared, tls, peer, crate::proxy::EyeballScheme::Https)
+                .await;
         });
     }
 }

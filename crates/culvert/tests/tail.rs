@@ -766,6 +766,10 @@ async fn https_listener_serves_eyeballs_and_wss_tail_and_reloads_its_certificate
     let resp = https_get(https, &ca1, &host, "/hello").await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.ends_with("hello from origin"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("x-seen-forwarded-proto: https\r\n"),
+        "{resp}"
+    );
 
     // `culvert tail` over wss:// with the operator's CA.
     let token = st.api_token().await;
