@@ -19,6 +19,8 @@
 //! [`ConnectorError`].
 //!
 //! Modules:
+//! - [`access`] — `culvert access ssh|tcp`: local streams carried over a
+//!   WebSocket to a tunnel's TCP service.
 //! - [`cli`] — clap flags (cloudflared's names and environment variables)
 //!   and the command entry.
 //! - [`connector`] — supervisor: HA connections, reconnects, shutdown.
@@ -32,6 +34,7 @@
 //! - [`backoff`], [`tls`], [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod backoff;
 pub mod cli;
 pub mod connector;

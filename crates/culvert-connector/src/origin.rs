@@ -39,8 +39,11 @@ pub enum Origin {
     Status(u16),
     /// `hello_world`.
     HelloWorld,
-    /// A service this connector cannot proxy HTTP to yet (tcp/ssh/rdp,
-    /// unix sockets, bastion, socks); requests get a ConnectResponse error.
+    /// `unix:` / `unix+tls:`: HTTP(S) over a unix socket.
+    Unix(Arc<crate::stream_origin::UnixOrigin>),
+    /// A service this connector cannot proxy HTTP to (tcp/ssh/rdp are
+    /// served to websocket requests by [`crate::stream_origin`]; bastion,
+    /// socks); HTTP requests get a ConnectResponse error.
     Unsupported(String),
 }
 
@@ -50,6 +53,7 @@ impl std::fmt::Debug for Origin {
             Origin::Http(h) => f.debug_tuple("Http").field(&h.url.as_str()).finish(),
             Origin::Status(c) => f.debug_tuple("Status").field(c).finish(),
             Origin::HelloWorld => f.write_str("HelloWorld"),
+            Origin::Unix(u) => f.debug_tuple("Unix").field(&u.path()).finish(),
             Origin::Unsupported(s) => f.debug_tuple("Unsupported").field(s).finish(),
         }
     }
@@ -71,6 +75,9 @@ pub fn prepare_origin(rule: &Rule) -> Result<Origin, ConnectorError> {
         })),
         Service::HttpStatus(code) => Origin::Status(*code),
         Service::HelloWorld => Origin::HelloWorld,
+        Service::Unix { path, tls } => Origin::Unix(Arc::new(
+            crate::stream_origin::UnixOrigin::new(path, *tls, &rule.origin_request)?,
+        )),
         other => Origin::Unsupported(other.to_string()),
     })
 }

@@ -277,7 +277,7 @@ async fn read_head(
 
 /// The request body: bytes that came with the head, then the rest of the
 /// stream up to FIN, one chunk at a time.
-fn request_body(initial: Bytes, recv: quinn::RecvStream) -> OriginBody {
+pub(crate) fn request_body(initial: Bytes, recv: quinn::RecvStream) -> OriginBody {
     let first = (!initial.is_empty()).then_some(initial);
     let stream = futures::stream::unfold(
         (first, Some(recv)),
@@ -296,7 +296,7 @@ fn request_body(initial: Bytes, recv: quinn::RecvStream) -> OriginBody {
     StreamBody::new(stream.boxed()).boxed_unsync()
 }
 
-fn empty_body() -> OriginBody {
+pub(crate) fn empty_body() -> OriginBody {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync()
@@ -402,6 +402,9 @@ async fn proxy_http(
                 send.write_all(&body).await?;
             }
             Ok(())
+        }
+        Origin::Unix(unix) => {
+            crate::stream_origin::proxy_unix(ctx, &head, rule, &unix, initial, recv, send).await
         }
         Origin::Unsupported(service) => {
             let msg = format!("service {service} cannot serve HTTP requests in this connector yet");

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::origin::Origin;
+use crate::origin::{Origin, OriginBody};
 use crate::proxy::{
     ProxyContext, StreamError, build_origin_request, canonical_header_key, dest_path,
     error_response,
@@ -150,7 +150,14 @@ pub async fn serve_websocket(
         return tcp_over_websocket(&head, rule, &host, port, initial, recv, send).await;
     }
     match origin {
-        Origin::Http(http) => websocket_to_http(ctx, &head, rule, &http, initial, recv, send).await,
+        Origin::Http(http) => {
+            let target = HttpTarget::Pool(&http);
+            websocket_to_http(ctx, &head, rule, target, initial, recv, send).await
+        }
+        Origin::Unix(unix) => {
+            let target = HttpTarget::Unix(&unix);
+            websocket_to_http(ctx, &head, rule, target, initial, recv, send).await
+        }
         Origin::Status(code) => {
             let h = HttpResponseHead {
                 status: code,
@@ -173,7 +180,7 @@ async fn websocket_to_http(
     ctx: &ProxyContext,
     head: &HttpRequestHead,
     rule: &Rule,
-    http: &crate::origin::HttpOrigin,
+    http: HttpTarget<'_>,
     initial: Bytes,
     recv: quinn::RecvStream,
     mut send: quinn::SendStream,
@@ -181,7 +188,7 @@ async fn websocket_to_http(
     let empty = http_body_util::Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync();
-    let mut origin_req = match build_origin_request(head, &http.url, rule, ctx.connector_id, empty)
+    let mut origin_req = match build_origin_request(head, http.url(), rule, ctx.connector_id, empty)
     {
         Ok(r) => r,
         Err(e) => {
@@ -204,10 +211,10 @@ async fn websocket_to_http(
         hyper::header::SEC_WEBSOCKET_VERSION,
         hyper::header::HeaderValue::from_static("13"),
     );
-    let resp = match http.client.request(origin_req).await {
+    let resp = match http.request(origin_req).await {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!("unable to reach the origin service {}: {e}", http.url);
+            let msg = format!("unable to reach the origin service {}: {e}", http.name());
             tracing::warn!(host = %head.host, error = %msg, "websocket origin request failed");
             send.write_all(&error_response(msg).encode()).await?;
             return finish(send).await;
@@ -256,6 +263,195 @@ async fn websocket_to_http(
             Ok(())
         }
     }
+}
+
+/// An origin that speaks HTTP: a pooled TCP/TLS client, or a unix socket.
+#[derive(Clone, Copy)]
+pub enum HttpTarget<'a> {
+    Pool(&'a crate::origin::HttpOrigin),
+    Unix(&'a UnixOrigin),
+}
+
+impl HttpTarget<'_> {
+    fn url(&self) -> &url::Url {
+        match self {
+            HttpTarget::Pool(h) => &h.url,
+            HttpTarget::Unix(u) => &u.url,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            HttpTarget::Pool(h) => h.url.to_string(),
+            HttpTarget::Unix(u) => u.service_name(),
+        }
+    }
+
+    async fn request(
+        &self,
+        req: hyper::Request<OriginBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        match self {
+            HttpTarget::Pool(h) => h.client.request(req).await.map_err(|e| e.to_string()),
+            HttpTarget::Unix(u) => u.request(req).await,
+        }
+    }
+}
+
+/// A `unix:` / `unix+tls:` origin: HTTP/1.1 (over TLS for `unix+tls:`) on
+/// a unix socket. As in cloudflared, the request URL's host is `localhost`
+/// and the Host header stays the eyeball's (or `httpHostHeader`). One
+/// connection per request: local sockets are cheap to open.
+pub struct UnixOrigin {
+    path: std::path::PathBuf,
+    url: url::Url,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    connect_timeout: Duration,
+}
+
+impl UnixOrigin {
+    pub fn new(
+        path: &str,
+        tls: bool,
+        o: &culvert_ingress::OriginRequest,
+    ) -> Result<Self, crate::error::ConnectorError> {
+        let url = url::Url::parse(if tls {
+            "https://localhost/"
+        } else {
+            "http://localhost/"
+        })
+        .map_err(|e| crate::error::ConnectorError::Config(e.to_string()))?;
+        let tls = if tls {
+            let mut cfg = crate::tls::origin_tls_config(&crate::origin::origin_trust(o))?;
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = match o.origin_server_name() {
+                "" => "localhost",
+                n => n,
+            };
+            let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
+                crate::error::ConnectorError::Config(format!(
+                    "originRequest.originServerName {name:?}: {e}"
+                ))
+            })?;
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)),
+                name,
+            ))
+        } else {
+            None
+        };
+        Ok(UnixOrigin {
+            path: path.into(),
+            url,
+            tls,
+            connect_timeout: o.connect_timeout(),
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn service_name(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "unix+tls"
+        } else {
+            "unix"
+        };
+        format!("{scheme}:{}", self.path.display())
+    }
+
+    /// Sends one request on a new connection (kept for an upgrade).
+    pub async fn request(
+        &self,
+        mut req: hyper::Request<OriginBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let sock = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::UnixStream::connect(&self.path),
+        )
+        .await
+        .map_err(|_| format!("dial unix {}: i/o timeout", self.path.display()))?
+        .map_err(|e| format!("dial unix {}: {e}", self.path.display()))?;
+        let io: Box<dyn crate::access::Io> = match &self.tls {
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), sock)
+                    .await
+                    .map_err(|e| format!("TLS handshake on {}: {e}", self.path.display()))?,
+            ),
+            None => Box::new(sock),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "unix origin connection ended with an error");
+            }
+        });
+        // The connection-level client sends the URI as given: origin form.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        *req.uri_mut() = pq.parse().map_err(|e| format!("request path: {e}"))?;
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Serves an HTTP request from a `unix:` rule (the body streams as for TCP
+/// origins; the caller finishes the stream).
+pub async fn proxy_unix(
+    ctx: &ProxyContext,
+    head: &HttpRequestHead,
+    rule: &Rule,
+    unix: &UnixOrigin,
+    initial: Bytes,
+    recv: quinn::RecvStream,
+    send: &mut quinn::SendStream,
+) -> Result<(), StreamError> {
+    let body = if head.has_body() {
+        crate::proxy::request_body(initial, recv)
+    } else {
+        drop(recv);
+        crate::proxy::empty_body()
+    };
+    let origin_req = match build_origin_request(head, &unix.url, rule, ctx.connector_id, body) {
+        Ok(r) => r,
+        Err(e) => {
+            send.write_all(&error_response(e).encode()).await?;
+            return Ok(());
+        }
+    };
+    let resp = match unix.request(origin_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!(
+                "unable to reach the origin service {}: {e}",
+                unix.service_name()
+            );
+            tracing::warn!(host = %head.host, error = %msg, "origin request failed");
+            send.write_all(&error_response(msg).encode()).await?;
+            return Ok(());
+        }
+    };
+    let (parts, mut body) = resp.into_parts();
+    write_resp(
+        send,
+        &crate::proxy::response_head(parts.status.as_u16(), &parts.headers),
+    )
+    .await?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(StreamError::OriginBody)?;
+        if let Ok(data) = frame.into_data() {
+            send.write_all(&data).await?;
+        }
+    }
+    Ok(())
 }
 
 fn io_err(e: std::io::Error) -> StreamError {

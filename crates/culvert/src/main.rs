@@ -41,6 +41,10 @@ enum Command {
     Tunnel(culvert_connector::cli::TunnelCommand),
     /// Stream a tunnel connector's logs live (as `cloudflared tail`).
     Tail(culvert::tail::TailCommand),
+    /// Reach a tunnel's TCP service (SSH, RDP, SMB, TCP) through the public
+    /// listener: `culvert access ssh --hostname H [--url 127.0.0.1:PORT]`.
+    #[command(subcommand)]
+    Access(culvert_connector::access::AccessCommand),
     /// Administer accounts and API tokens in the server's store.
     Admin {
         #[command(flatten)]
@@ -395,5 +399,6 @@ async fn main() -> Result<()> {
         Command::Admin { store, command } => run_admin(store, command).await,
         Command::Tunnel(cmd) => culvert_connector::cli::run_tunnel_command(cmd).await,
         Command::Tail(cmd) => culvert::tail::run(cmd).await,
+        Command::Access(cmd) => Ok(culvert_connector::access::run_access_command(cmd).await?),
     }
 }
