@@ -767,7 +767,8 @@ async fn https_listener_serves_eyeballs_and_wss_tail_and_reloads_its_certificate
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.ends_with("hello from origin"), "{resp}");
     assert!(
-        resp.to_ascii_lowercase().contains("x-seen-forwarded-proto: https\r\n"),
+        resp.to_ascii_lowercase()
+            .contains("x-seen-forwarded-proto: https\r\n"),
         "{resp}"
     );
 
