@@ -76,6 +76,10 @@ pub struct TunnelOptions {
     /// Backoff exponent cap: the wait ceiling stops growing at 2^(N+1) s.
     #[arg(long, env = "TUNNEL_RETRIES", default_value_t = 5, global = true)]
     pub retries: u32,
+    /// Host whose requests the connector serves itself (log streaming,
+    /// `/ping`, `/host_details`); must match the edge's forwarding host.
+    #[arg(long, env = "TUNNEL_MANAGEMENT_HOSTNAME", default_value = crate::management::DEFAULT_MANAGEMENT_HOSTNAME, global = true, hide = true)]
+    pub management_hostname: String,
     /// Accepted for cloudflared compatibility; culvert never auto-updates.
     #[arg(long, global = true, hide = true)]
     pub no_autoupdate: bool,
@@ -426,6 +430,7 @@ pub fn connector_config_with(
         // cloudflared upgrades h2mux to http2.
         Protocol::Http2 | Protocol::H2mux => TransportProtocol::Http2,
     };
+    config.management_hostname = opts.management_hostname.clone();
     Ok(config)
 }
 

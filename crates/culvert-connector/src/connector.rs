@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::backoff::BackoffPolicy;
 use crate::error::ConnectorError;
 use crate::identity::register_params;
+use crate::management::ManagementService;
 use crate::orchestrator::Orchestrator;
 use crate::proxy::{ProxyContext, serve_data_stream};
 use crate::rpc::{register, serve_rpc_stream};
@@ -60,6 +61,9 @@ pub struct ConnectorConfig {
     pub local_config_json: Option<String>,
     /// `--protocol`: QUIC, HTTP/2, or QUIC with per-connection fallback.
     pub protocol: TransportProtocol,
+    /// Requests for this host are served by the management service
+    /// (`--management-hostname`, cloudflared's default).
+    pub management_hostname: String,
 }
 
 /// Which transport connections use (`--protocol`, edge-protocol.md §1.4).
@@ -92,6 +96,7 @@ impl ConnectorConfig {
             server_name: EDGE_QUIC_SERVER_NAME.to_owned(),
             local_config_json: None,
             protocol: TransportProtocol::Auto,
+            management_hostname: crate::management::DEFAULT_MANAGEMENT_HOSTNAME.to_owned(),
         }
     }
 }
@@ -152,6 +157,7 @@ pub(crate) struct Shared {
     pub(crate) pool: LocalPoolHandle,
     /// Some connection registered over QUIC: `auto` no longer falls back.
     quic_registered: AtomicBool,
+    pub(crate) management: Arc<ManagementService>,
 }
 
 /// culvert's cloudflared: `Connector::new(config)?.run(shutdown).await`.
@@ -188,6 +194,11 @@ impl Connector {
         }));
         let connector_id = Uuid::new_v4();
         tracing::info!(%connector_id, "Generated Connector ID");
+        let management = Arc::new(ManagementService::new(
+            &config.management_hostname,
+            connector_id,
+            config.edge_addrs.clone(),
+        ));
         Ok(Connector {
             shared: Arc::new(Shared {
                 config,
@@ -197,6 +208,7 @@ impl Connector {
                 orchestrator,
                 pool: LocalPoolHandle::new(2),
                 quic_registered: AtomicBool::new(false),
+                management,
             }),
         })
     }
@@ -670,6 +682,7 @@ async fn handle_stream(
             let ctx = ProxyContext {
                 orchestrator: Arc::clone(&shared.orchestrator),
                 connector_id: shared.state.connector_id,
+                management: Some(Arc::clone(&shared.management)),
             };
             if let Err(e) = serve_data_stream(ctx, send, recv, sig).await {
                 tracing::debug!(error = %e, "data stream failed");

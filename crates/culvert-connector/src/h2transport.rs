@@ -154,6 +154,7 @@ pub(crate) async fn serve_connection(
         proxy: ProxyContext {
             orchestrator: Arc::clone(&shared.orchestrator),
             connector_id: shared.state.connector_id(),
+            management: Some(Arc::clone(&shared.management)),
         },
         control: Mutex::new(Some(control_tx)),
         tracker: TaskTracker::new(),

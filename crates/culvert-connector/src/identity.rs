@@ -33,12 +33,12 @@ pub const TOKEN_EDGE_KEY: &str = "culvert_edge";
 pub const TOKEN_CA_KEY: &str = "culvert_ca";
 
 /// Features we advertise: what cloudflared 2023.7.3 advertises and this
-/// connector implements. Not `support_datagram_v2` (no UDP/ICMP yet) and not
-/// `management_logs` (no log streaming yet).
+/// connector implements. Not `support_datagram_v2` (no UDP/ICMP yet).
 pub const FEATURES: &[&str] = &[
     features::SERIALIZED_HEADERS,
     features::SUPPORT_QUIC_EOF,
     features::ALLOW_REMOTE_CONFIG,
+    features::MANAGEMENT_LOGS,
 ];
 
 /// `ClientInfo.version`.
@@ -270,6 +270,7 @@ mod tests {
             f,
             [
                 "allow_remote_config",
+                "management_logs",
                 "serialized_headers",
                 "support_quic_eof"
             ]

@@ -35,6 +35,8 @@
 //!   for `proxyType: socks` and `socks-proxy` stream requests.
 //! - [`localconfig`] — cloudflared's `config.yml` and credentials files,
 //!   reload on change / SIGHUP.
+//! - [`management`] — the management service (`/logs` log streaming,
+//!   `/ping`, `/host_details`) and the tracing layer that feeds it.
 //! - [`backoff`], [`tls`], [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
@@ -47,6 +49,7 @@ pub mod error;
 pub mod h2transport;
 pub mod identity;
 pub mod localconfig;
+pub mod management;
 pub mod metrics;
 pub mod orchestrator;
 pub mod origin;

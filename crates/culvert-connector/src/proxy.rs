@@ -63,6 +63,8 @@ pub struct ProxyContext {
     pub orchestrator: Arc<Orchestrator>,
     /// Sent to origins as `Cf-Warp-Tag-Id`, as cloudflared does.
     pub connector_id: Uuid,
+    /// Serves requests for the management hostname (`/logs`, `/ping`…).
+    pub management: Option<Arc<crate::management::ManagementService>>,
 }
 
 /// Go's `textproto.CanonicalMIMEHeaderKey`: `content-type` →
@@ -222,6 +224,7 @@ pub fn response_head(status: u16, headers: &hyper::HeaderMap) -> HttpResponseHea
 /// A failed flow: `error` set, plus `HttpStatus=502` as newer cloudflared
 /// sends (2023.7.3 sends the error alone; edges treat both as 502).
 pub fn error_response(msg: impl Into<String>) -> ConnectResponse {
+    crate::management::layer::record_status(502);
     ConnectResponse {
         error: msg.into(),
         metadata: vec![Metadata::new(HTTP_STATUS, "502")],
@@ -315,11 +318,20 @@ pub async fn serve_data_stream(
         }
     };
     tracing::debug!(dest = %req.dest, kind = ?req.connection_type, "data stream");
+    if let Some(m) = ctx.management.as_ref().filter(|m| m.handles(&req)) {
+        return m.serve(req, initial, send, recv).await;
+    }
     if req.connection_type == ConnectionType::Websocket {
-        return crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send).await;
+        let span = crate::management::layer::request_span(&req);
+        let ws = crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send);
+        return tracing::Instrument::instrument(ws, span).await;
     }
     let result = match req.connection_type {
-        ConnectionType::Http => proxy_http(&ctx, &req, initial, recv, &mut send).await,
+        ConnectionType::Http => {
+            let span = crate::management::layer::request_span(&req);
+            tracing::Instrument::instrument(proxy_http(&ctx, &req, initial, recv, &mut send), span)
+                .await
+        }
         ConnectionType::Websocket | ConnectionType::Tcp => {
             let msg = format!(
                 "{:?} streams are not supported by this connector yet",
@@ -347,6 +359,7 @@ async fn write_head(
     send: &mut quinn::SendStream,
     head: &HttpResponseHead,
 ) -> Result<(), StreamError> {
+    crate::management::layer::record_status(head.status);
     let resp = head.to_connect_response().unwrap_or_else(|e| {
         // Only a header name with ':' fails, which hyper never yields.
         error_response(e.to_string())

@@ -108,6 +108,7 @@ async fn write_resp(
     send: &mut quinn::SendStream,
     head: &HttpResponseHead,
 ) -> Result<(), StreamError> {
+    crate::management::layer::record_status(head.status);
     let resp = head
         .to_connect_response()
         .unwrap_or_else(|e| error_response(e.to_string()));

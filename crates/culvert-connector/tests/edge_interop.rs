@@ -121,6 +121,7 @@ async fn registers_like_cloudflared_and_unregisters_on_shutdown() {
             ours,
             [
                 "allow_remote_config",
+                "management_logs",
                 "serialized_headers",
                 "support_quic_eof"
             ]

@@ -12,13 +12,15 @@
 //! only through the [`culvert_api::EdgeControl`] hooks). Connectors reach
 //! it over QUIC or, on the same port number, over HTTP/2 on TLS/TCP
 //! (`h2conn`; the registry holds either, see [`transport`]). Private TCP
-//! flows, UDP and the management relay are not here yet.
+//! flows and UDP are not here yet.
 //!
 //! Layout: [`tls`] (certificates), `quic` (listener and per-connection
 //! actor, registration RPC), `h2conn` (the HTTP/2 transport), `push`
 //! (config push), `proxy` (public listener), [`upgrade`] (WebSocket
-//! upgrades spliced over QUIC), and the pure parts with unit tests:
-//! [`hosts`] (host → tunnel),
+//! upgrades spliced over QUIC), [`management`] (the management host: token
+//! checks, connector choice, relay), [`public_tls`] (the HTTPS listener,
+//! reloading certificate), [`metrics`] (counters, Prometheus text), and the
+//! pure parts with unit tests: [`hosts`] (host → tunnel),
 //! [`registry`] (connection selection), [`request`] (ConnectRequest building)
 //! and [`pages`] (error pages).
 //!
@@ -32,8 +34,11 @@ mod control;
 mod error;
 mod h2conn;
 pub mod hosts;
+pub mod management;
+pub mod metrics;
 pub mod pages;
 mod proxy;
+pub mod public_tls;
 mod push;
 mod quic;
 pub mod registry;
@@ -54,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::LocalPoolHandle;
 
 pub use error::{EdgeError, ProxyError};
+pub use management::ManagementOptions;
 
 use crate::hosts::HostIndex;
 use crate::registry::Registry;
@@ -80,6 +86,19 @@ pub struct EdgeConfig {
     pub location: String,
     /// This edge node's id in the store's registry.
     pub node_id: String,
+    /// The management host (`/logs` for `culvert tail` / `cloudflared tail`).
+    pub management: ManagementOptions,
+    /// Public HTTPS listener (`--https-listen`, `--tls-cert`, `--tls-key`).
+    pub https: Option<HttpsOptions>,
+}
+
+/// The public TLS listener: eyeball HTTPS and `wss://` for the management
+/// host, with a certificate from files that is reloaded when they change.
+#[derive(Debug, Clone)]
+pub struct HttpsOptions {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Default `tunnel_domain`.
@@ -141,6 +160,13 @@ pub(crate) struct Shared {
     /// Pinned runtimes for the `!Send` RPC sessions.
     pub rpc_pool: LocalPoolHandle,
     pub shutdown: CancellationToken,
+    /// Verifies management tokens (the control plane's key, from the store).
+    pub management_keys: culvert_api::ManagementKeys,
+    /// Public management host (normalised).
+    pub management_hostname: String,
+    /// `HttpHost` management requests are forwarded with.
+    pub management_connector_hostname: String,
+    pub metrics: Arc<metrics::EdgeMetrics>,
 }
 
 impl Shared {
@@ -153,11 +179,31 @@ impl Shared {
     }
 }
 
+/// Reads the edge's metrics and state for `/metrics` and `/readyz`.
+#[derive(Clone)]
+pub struct EdgeObserver(Arc<Shared>);
+
+impl EdgeObserver {
+    /// Writes the edge's Prometheus families.
+    pub fn encode_metrics(&self, enc: &mut metrics::TextEncoder) {
+        let all = self.0.registry.all();
+        let connectors: std::collections::HashSet<uuid::Uuid> =
+            all.iter().map(|c| c.connector_id).collect();
+        self.0.metrics.encode(enc, all.len(), connectors.len());
+    }
+
+    /// The listeners are up (started and not shutting down).
+    pub fn is_serving(&self) -> bool {
+        !self.0.shutdown.is_cancelled()
+    }
+}
+
 /// A started edge. Dropping it does not stop it; call [`RunningEdge::shutdown`].
 pub struct RunningEdge {
     shared: Arc<Shared>,
     quic_addr: SocketAddr,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     ca_pem: String,
     endpoint: quinn::Endpoint,
     tasks: Vec<JoinHandle<()>>,
@@ -205,6 +251,9 @@ pub async fn start_with(
         );
     }
 
+    let management_keys = culvert_api::ManagementKeys::load_or_create(&store)
+        .await
+        .map_err(|e| EdgeError::Config(format!("management key: {e}")))?;
     let routes: Arc<dyn Routes> = Arc::new(crate::routes::CachedRoutes::new(store.clone()));
     let mut index = HostIndex::default();
     for cfg in routes.list_remote_configs().await? {
@@ -232,6 +281,10 @@ pub async fn start_with(
         addr: config.http_listen,
         source: e,
     })?;
+    let https = match &config.https {
+        Some(opts) => Some(public_tls::bind(opts).await?),
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         store,
@@ -242,18 +295,31 @@ pub async fn start_with(
         rt: tokio::runtime::Handle::current(),
         rpc_pool: LocalPoolHandle::new(tuning.rpc_threads.max(1)),
         shutdown: CancellationToken::new(),
+        management_keys,
+        metrics: Arc::default(),
+        management_hostname: management::public_hostname(&config.management, &config.tunnel_domain),
+        management_connector_hostname: management::connector_hostname(&config.management),
         config,
     });
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(quic::accept_loop(shared.clone(), endpoint.clone())),
         tokio::spawn(h2conn::accept_loop(shared.clone(), h2_listener, h2_tls)),
         tokio::spawn(proxy::serve(shared.clone(), http)),
     ];
+    let https_addr = https.map(|(listener, addr, certs)| {
+        tasks.push(tokio::spawn(public_tls::serve(
+            shared.clone(),
+            listener,
+            certs,
+        )));
+        addr
+    });
     tracing::info!(%quic_addr, %http_addr, node = %shared.config.node_id, "edge started");
     Ok(RunningEdge {
         shared,
         quic_addr,
         http_addr,
+        https_addr,
         ca_pem: tls.ca_pem,
         endpoint,
         tasks,
@@ -271,6 +337,11 @@ impl RunningEdge {
         self.quic_addr
     }
 
+    /// The bound public HTTPS address, if `https` was configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
     /// The bound public HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
@@ -284,6 +355,11 @@ impl RunningEdge {
     /// The hooks the API calls (config changes, removed connections).
     pub fn control(&self) -> Arc<dyn culvert_api::EdgeControl> {
         Arc::new(control::Control::new(self.shared.clone()))
+    }
+
+    /// A handle for metrics and readiness that outlives borrows of `self`.
+    pub fn observer(&self) -> EdgeObserver {
+        EdgeObserver(self.shared.clone())
     }
 
     /// Number of live registered connections on this edge.

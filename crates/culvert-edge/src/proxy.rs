@@ -70,32 +70,68 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            // Shared with an upgraded WebSocket, which outlives this task.
-            let permit = crate::upgrade::ConnectionSlot(Arc::new(permit));
-            let shutdown = shared.shutdown.clone();
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                let shared = shared.clone();
-                req.extensions_mut().insert(permit.clone());
-                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
+            serve_connection(shared, tcp, peer, EyeballScheme::Http, permit).await;
         });
+    }
+}
+
+/// The public listener a request arrived on (a request extension), so the
+/// connector sees the eyeball's scheme in `dest` and `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EyeballScheme {
+    Http,
+    Https,
+}
+
+pub(crate) fn eyeball_scheme<B>(req: &Request<B>) -> &'static str {
+    match req.extensions().get::<EyeballScheme>() {
+        Some(EyeballScheme::Https) => "https",
+        _ => "http",
+    }
+}
+
+/// Serves one eyeball connection (plain TCP or TLS) until it ends or the
+/// edge shuts down; counts its bytes and response statuses.
+pub(crate) async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    scheme: EyeballScheme,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // The connection's slot is shared with an upgraded WebSocket, which
+    // outlives this task.
+    let slot = crate::upgrade::ConnectionSlot(Arc::new(permit));
+    let shutdown = shared.shutdown.clone();
+    let io = crate::metrics::CountingIo::new(io, shared.metrics.clone());
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        let shared = shared.clone();
+        req.extensions_mut().insert(scheme);
+        req.extensions_mut().insert(slot.clone());
+        async move {
+            let resp = handle(shared.clone(), req, peer).await;
+            shared.metrics.eyeball_requests.inc(resp.status().as_u16());
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }
 
@@ -114,6 +150,9 @@ async fn handle(
     let Some(host) = normalize_host(&raw_host) else {
         return error_page(ErrorPage::TunnelUnavailable, &raw_host, &ray);
     };
+    if crate::management::is_management_host(&shared, &host) {
+        return crate::management::handle(shared, req, peer, &ray).await;
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let result = match resolve(&shared, &host).await {
@@ -129,6 +168,7 @@ async fn handle(
             resp
         }
         Err(e) => {
+            shared.metrics.proxy_error(&e);
             let page = match &e {
                 ProxyError::UnknownHost(_)
                 | ProxyError::NoConnection(_)
@@ -188,7 +228,7 @@ async fn proxy(
         host: raw_host,
         peer_ip: peer.ip(),
         ray,
-        scheme: "http",
+        scheme: eyeball_scheme(&req),
     })
     .map_err(|e| ProxyError::Send(e.to_string()))?;
     let method = req.method().clone();

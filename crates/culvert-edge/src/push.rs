@@ -176,6 +176,12 @@ async fn push_to_connector(shared: &Arc<Shared>, conn: Arc<LiveConn>, config: &T
     };
     match outcome {
         Ok(resp) => {
+            let outcome = if resp.err.is_empty() {
+                "ok"
+            } else {
+                "rejected"
+            };
+            shared.metrics.config_pushes.inc(outcome);
             if !resp.err.is_empty() {
                 tracing::warn!(tunnel = %tunnel_id, connector = %connector_id, version, err = %resp.err, "connector rejected the configuration");
             } else {
@@ -196,6 +202,7 @@ async fn push_to_connector(shared: &Arc<Shared>, conn: Arc<LiveConn>, config: &T
             }
         }
         Err(e) => {
+            shared.metrics.config_pushes.inc("failed");
             tracing::warn!(tunnel = %tunnel_id, connector = %connector_id, error = %e, "configuration push failed");
             shared
                 .registry

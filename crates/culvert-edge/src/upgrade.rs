@@ -158,7 +158,7 @@ pub(crate) async fn proxy_websocket(
         host: raw_host,
         peer_ip: peer.ip(),
         ray,
-        scheme: "http",
+        scheme: crate::proxy::eyeball_scheme(&req),
     })
     .map_err(|e| ProxyError::Send(e.to_string()))?;
     let head = into_websocket(built.request).encode();

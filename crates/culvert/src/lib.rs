@@ -4,4 +4,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod observe;
 pub mod server;
+pub mod tail;

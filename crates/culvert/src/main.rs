@@ -42,6 +42,8 @@ enum Command {
     Tunnel(TunnelCli),
     /// Verify an API token and write an origin certificate (cert.pem) for `culvert tunnel`.
     Login(culvert_cli::LoginArgs),
+    /// Stream a tunnel connector's logs live (as `cloudflared tail`).
+    Tail(culvert::tail::TailCommand),
     /// Reach a tunnel's TCP service (SSH, RDP, SMB, TCP) through the public
     /// listener: `culvert access ssh --hostname H [--url 127.0.0.1:PORT]`.
     #[command(subcommand)]
@@ -148,6 +150,23 @@ struct ServerArgs {
     /// the edge CA into minted tunnel tokens so `culvert tunnel run --token T` needs no flags.
     #[arg(long, env = "CULVERT_PUBLIC_EDGE_ADDRESS", value_delimiter = ',')]
     public_edge_address: Vec<String>,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address.
+    #[arg(long, env = "CULVERT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Public HTTPS listener (eyeballs and `wss://` for the management host);
+    /// needs --tls-cert and --tls-key.
+    #[arg(long, env = "CULVERT_HTTPS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    https_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of --https-listen; reloaded when it changes.
+    #[arg(long, env = "CULVERT_TLS_CERT", requires = "https_listen")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "CULVERT_TLS_KEY", requires = "https_listen")]
+    tls_key: Option<PathBuf>,
+    /// Public name of the management host (`culvert tail`, `cloudflared tail`);
+    /// default `management.<tunnel-domain>`.
+    #[arg(long, env = "CULVERT_MANAGEMENT_HOSTNAME")]
+    management_hostname: Option<String>,
     /// How long the edge waits for an origin's response head (Go duration,
     /// e.g. `100s`); streamed bodies and WebSockets are never cut. Default: no limit.
     #[arg(long, env = "CULVERT_ORIGIN_RESPONSE_TIMEOUT", value_parser = parse_response_timeout)]
@@ -242,15 +261,22 @@ enum TokenCommand {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    // The console filter is per layer so that `/logs` sessions still get the
+    // connector's debug events (HTTP requests) whatever --log-level says.
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(culvert_connector::management::layer::layer())
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -278,6 +304,14 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         tunnel_domain: args.tunnel_domain,
         location: args.location,
         public_edge_address: args.public_edge_address,
+        metrics_listen: args.metrics_listen,
+        https: match (args.https_listen, args.tls_cert, args.tls_key) {
+            (Some(listen), Some(cert), Some(key)) => {
+                Some(culvert_edge::HttpsOptions { listen, cert, key })
+            }
+            _ => None,
+        },
+        management_hostname: args.management_hostname,
         origin_response_timeout: args.origin_response_timeout.filter(|d| !d.is_zero()),
     })
     .await?;
@@ -293,6 +327,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         "culvert edge listening on {} (QUIC), public HTTP on {}",
         running.edge_addr, running.http_addr
     );
+    if let Some(a) = running.https_addr {
+        println!("culvert public HTTPS on {a}");
+    }
+    if let Some(a) = running.metrics_addr {
+        println!("culvert metrics on http://{a}/metrics");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await
@@ -476,6 +516,7 @@ async fn main() -> Result<()> {
             }
         },
         Command::Login(args) => run_cli(culvert_cli::login(args)).await,
+        Command::Tail(cmd) => culvert::tail::run(cmd).await,
         Command::Access(cmd) => Ok(culvert_connector::access_tcp::run_access_command(cmd).await?),
     }
 }

@@ -40,6 +40,13 @@ pub struct ServerConfig {
     /// Edge address(es) written into minted tokens (`culvert_edge`, with the
     /// CA as `culvert_ca`), so `culvert tunnel run --token T` needs no flags.
     pub public_edge_address: Vec<String>,
+    /// Prometheus `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Public HTTPS listener (eyeballs, `wss://` management host) with the
+    /// certificate chain and key files (reloaded on change).
+    pub https: Option<culvert_edge::HttpsOptions>,
+    /// Public management host name; `None` = `management.<tunnel_domain>`.
+    pub management_hostname: Option<String>,
     /// How long the edge waits for a connector's response head
     /// (`--origin-response-timeout`); `None`: no limit.
     pub origin_response_timeout: Option<std::time::Duration>,
@@ -61,6 +68,9 @@ impl ServerConfig {
             tunnel_domain: culvert_edge::DEFAULT_TUNNEL_DOMAIN.to_string(),
             location: culvert_edge::DEFAULT_LOCATION.to_string(),
             public_edge_address: Vec::new(),
+            metrics_listen: Some(any),
+            https: None,
+            management_hostname: None,
             origin_response_timeout: None,
         }
     }
@@ -194,11 +204,19 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
     edge: Option<RunningEdge>,
+    /// `/metrics`, `/healthz`, `/readyz` (with `metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Public HTTPS listener (with `https`).
+    pub https_addr: Option<SocketAddr>,
+    observed: Arc<crate::observe::Observed>,
 }
 
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, closes the store.
     pub async fn shutdown(mut self) -> Result<()> {
+        self.observed
+            .api_up
+            .store(false, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
         let api = self.task.await.context("server task panicked")?;
         if let Some(edge) = self.edge.take() {
@@ -253,6 +271,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             tunnel_domain: config.tunnel_domain.clone(),
             location: config.location.clone(),
             node_id: node_id(&config.data_dir)?,
+            management: culvert_edge::ManagementOptions {
+                hostname: config.management_hostname.clone(),
+                connector_hostname: None,
+            },
+            https: config.https.clone(),
         },
         store.clone(),
         culvert_edge::Tuning {
@@ -280,8 +303,40 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             token_extras,
         },
     );
-    let app = culvert_api::router(state);
+    let api_metrics = Arc::new(crate::observe::ApiMetrics::default());
+    let app = culvert_api::router(state).layer(axum::middleware::from_fn_with_state(
+        api_metrics.clone(),
+        crate::observe::track,
+    ));
+    let observed = Arc::new(crate::observe::Observed {
+        api: api_metrics,
+        edge: edge.observer(),
+        store: store.clone(),
+        api_up: std::sync::atomic::AtomicBool::new(true),
+    });
     let (tx, mut rx) = watch::channel(false);
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener on {addr}"))?;
+            let bound = l.local_addr()?;
+            let mut stop = rx.clone();
+            let app = crate::observe::router(observed.clone());
+            tokio::spawn(async move {
+                let r = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "metrics listener failed");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -297,6 +352,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         database = %redact(&url),
         "culvert server started"
     );
+    let https_addr = edge.https_addr();
     Ok(RunningServer {
         api_addr,
         edge_addr: edge.quic_addr(),
@@ -308,6 +364,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         shutdown: tx,
         task,
         edge: Some(edge),
+        metrics_addr,
+        https_addr,
+        observed,
     })
 }
 

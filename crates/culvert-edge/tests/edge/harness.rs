@@ -178,6 +178,8 @@ impl Harness {
             tunnel_domain: culvert_edge::DEFAULT_TUNNEL_DOMAIN.into(),
             location: "LAB".into(),
             node_id: "node-a".into(),
+            management: Default::default(),
+            https: None,
         };
         let edge = culvert_edge::start_with(config, store.clone(), tuning)
             .await

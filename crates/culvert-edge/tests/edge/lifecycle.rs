@@ -132,6 +132,8 @@ async fn a_restart_reuses_the_ca_and_forgets_the_previous_runs_connections() {
             tunnel_domain: culvert_edge::DEFAULT_TUNNEL_DOMAIN.into(),
             location: "LAB".into(),
             node_id: "node-a".into(),
+            management: Default::default(),
+            https: None,
         },
         h.store.clone(),
         tuning(),

@@ -194,6 +194,8 @@ async fn the_hostname_index_is_rebuilt_from_the_store_at_start() {
             tunnel_domain: "tunnels.test".into(),
             location: "LAB".into(),
             node_id: "node-b".into(),
+            management: Default::default(),
+            https: None,
         },
         h.store.clone(),
         tuning(),
