@@ -10,12 +10,14 @@
 #            127.0.0.1 port 0), a remotely managed tunnel routing a hostname to
 #            nginx, `culvert tunnel run --token T`; requests go to the public
 #            listener with that Host header
+#   culvert_h2  the same with `culvert tunnel --protocol http2` (the HTTP/2
+#            transport: TLS over TCP to the edge's port)
 #   rathole  `rathole --server` / `rathole --client`, TCP forwarding of nginx
 #   bore     `bore server` + `bore local` (control port 7835 is fixed by bore)
 # and measures, for each: (a) one 1 GiB download, best of 3 (curl
 # speed_download); (b) small GETs, wrk -t2 -c64 -d15s --latency after a warm-up;
 # (c) VmRSS of the tunnel processes idle and peak during (a) and (b). Rewrites
-# the `## Data plane (QUIC transport)` section of BENCHMARKS.md. Raw outputs:
+# the `## Data plane (QUIC and HTTP/2 transports)` section of BENCHMARKS.md. Raw outputs:
 # bench/results/dataplane-<time>/.
 #
 # Knobs (environment; defaults are the issue's): BENCH_TARGETS="direct culvert
@@ -46,7 +48,7 @@ case "${1:-}" in
         ;;
 esac
 
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct culvert rathole bore}"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct culvert culvert_h2 rathole bore}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
 DURATION="${BENCH_DURATION:-15s}"
@@ -61,9 +63,9 @@ PERF_SECONDS=10
 
 for t in "${TARGETS[@]}"; do
     case "$t" in
-        direct | culvert | rathole | bore) ;;
+        direct | culvert | culvert_h2 | rathole | bore) ;;
         *)
-            echo "BENCH_TARGETS: unknown path $t (direct culvert rathole bore)" >&2
+            echo "BENCH_TARGETS: unknown path $t (direct culvert culvert_h2 rathole bore)" >&2
             exit 2
             ;;
     esac
@@ -224,7 +226,7 @@ if want bore && ! python3 "$HELP" port-free "$BORE_CONTROL_PORT"; then
     die "bore's fixed control port $BORE_CONTROL_PORT is in use; free it or run without bore (BENCH_TARGETS=\"direct culvert rathole\")"
 fi
 
-if want culvert; then
+if want culvert || want culvert_h2; then
     if [[ -n "${BENCH_NO_BUILD:-}" ]]; then
         log "BENCH_NO_BUILD set: using the existing ${BIN#"$ROOT"/}"
     else
@@ -256,7 +258,7 @@ META_KERNEL="$(uname -r)" \
 META_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
 META_BUILD="$([[ -n "${BENCH_NO_BUILD:-}" ]] && echo "existing target/release/culvert (not rebuilt)" || echo "\`cargo build --release -p culvert\`")" \
 META_COMMIT="$commit" \
-META_V_CULVERT="$(if want culvert; then version_of "$BIN" --version | sed 's/^culvert //'; else echo "not run"; fi), git $commit" \
+META_V_CULVERT="$(if want culvert || want culvert_h2; then version_of "$BIN" --version | sed 's/^culvert //'; else echo "not run"; fi), git $commit" \
 META_V_RATHOLE="$(if want rathole; then echo "rathole $(rathole --version 2>&1 | sed -n 's/^Build Version: *//p' | head -n 1)"; else echo "rathole not run"; fi)" \
 META_V_BORE="$(if want bore; then version_of bore --version; else echo "bore not run"; fi)" \
 META_V_NGINX="$(version_of "$NGINX" -v | sed 's/^nginx version: //')" \
@@ -370,10 +372,11 @@ start_direct() {
     RSS_PIDS=()
 }
 
-start_culvert() {
-    local data="$TMP/culvert-data" out="$RESULTS/culvert/server.out"
+start_culvert() { # [TARGET PROTOCOL]
+    local t="${1:-culvert}" protocol="${2:-quic}"
+    local data="$TMP/culvert-data" out="$RESULTS/$t/server.out"
     "$BIN" --version >/dev/null
-    spawn culvert-server "$out" "$RESULTS/culvert/server.log" \
+    spawn culvert-server "$out" "$RESULTS/$t/server.log" \
         "$BIN" server --api-listen 127.0.0.1:0 --edge-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
         --log-level warn --data-dir "$data"
     local server_pid="$SPAWNED" line=""
@@ -381,7 +384,7 @@ start_culvert() {
         line="$(grep -m1 '^culvert edge listening on ' "$out" || true)"
         [[ -n "$line" ]] && break
         kill -0 "$server_pid" 2>/dev/null || {
-            cat "$RESULTS/culvert/server.log" >&2
+            cat "$RESULTS/$t/server.log" >&2
             die "culvert server exited during start-up"
         }
         sleep 0.1
@@ -399,16 +402,16 @@ start_culvert() {
     account="$(jget "$data/bootstrap.json" account_id)"
     local auth=(-H "Authorization: Bearer $token" -H 'Content-Type: application/json')
     curl -sS --fail-with-body "${auth[@]}" -X POST "$api/accounts/$account/cfd_tunnel" \
-        -d '{"name": "dataplane-bench", "config_src": "cloudflare"}' >"$RESULTS/culvert/tunnel.json" ||
-        die "creating the tunnel failed: $(cat "$RESULTS/culvert/tunnel.json")"
+        -d '{"name": "dataplane-bench", "config_src": "cloudflare"}' >"$RESULTS/$t/tunnel.json" ||
+        die "creating the tunnel failed: $(cat "$RESULTS/$t/tunnel.json")"
     local tunnel_id tunnel_token
-    tunnel_id="$(jget "$RESULTS/culvert/tunnel.json" result.id)"
-    tunnel_token="$(jget "$RESULTS/culvert/tunnel.json" result.token)"
+    tunnel_id="$(jget "$RESULTS/$t/tunnel.json" result.id)"
+    tunnel_token="$(jget "$RESULTS/$t/tunnel.json" result.token)"
     curl -sS --fail-with-body "${auth[@]}" -X PUT "$api/accounts/$account/cfd_tunnel/$tunnel_id/configurations" \
         -d "{\"config\": {\"ingress\": [
               {\"hostname\": \"$TUNNEL_HOST\", \"service\": \"http://127.0.0.1:$NGINX_PORT\"},
-              {\"service\": \"http_status:404\"}]}}" >"$RESULTS/culvert/configuration.json" ||
-        die "PUT configurations failed: $(cat "$RESULTS/culvert/configuration.json")"
+              {\"service\": \"http_status:404\"}]}}" >"$RESULTS/$t/configuration.json" ||
+        die "PUT configurations failed: $(cat "$RESULTS/$t/configuration.json")"
 
     local ca="$data/edge-ca.pem"
     if [[ ! -f "$ca" ]]; then
@@ -416,17 +419,19 @@ start_culvert() {
         [[ -n "$ca" ]] || die "no edge CA (*ca*.pem) in the data dir $data"
         log "note: the edge CA is $(basename "$ca"), not edge-ca.pem"
     fi
-    spawn culvert-connector "$RESULTS/culvert/connector.out" "$RESULTS/culvert/connector.log" \
-        "$BIN" --log-level warn tunnel --edge "$quic" --cacert "$ca" run --token "$tunnel_token"
+    spawn culvert-connector "$RESULTS/$t/connector.out" "$RESULTS/$t/connector.log" \
+        "$BIN" --log-level warn tunnel --protocol "$protocol" --edge "$quic" --cacert "$ca" run --token "$tunnel_token"
     local connector_pid="$SPAWNED"
     URL_BASE="http://$http"
     HOST="$TUNNEL_HOST"
-    wait_200 "$URL_BASE/small.txt" "$HOST" culvert "$server_pid" "$connector_pid"
+    wait_200 "$URL_BASE/small.txt" "$HOST" "$t" "$server_pid" "$connector_pid"
     log "culvert connector pid $connector_pid; tunnel $tunnel_id answers through $http"
     RSS_PIDS=("server=$server_pid" "connector=$connector_pid")
     CULVERT_SERVER_PID="$server_pid"
     CULVERT_CONNECTOR_PID="$connector_pid"
 }
+
+start_culvert_h2() { start_culvert culvert_h2 http2; }
 
 start_rathole() {
     local dir="$TMP/rathole" ctrl pub secret
@@ -640,7 +645,7 @@ PY
 start_nginx
 NGINX_PROCS=${#PROCS[@]}
 
-for t in direct culvert rathole bore; do
+for t in direct culvert culvert_h2 rathole bore; do
     want "$t" || continue
     log "== $t"
     mkdir -p "$RESULTS/$t"

@@ -11,7 +11,7 @@
                                              fold DIR's raw files (download-N.txt, idle.json,
                                              rss-download.json, rss-wrk.json, wrk.json) into OUT
     dataplane.py write RESULTS_DIR BENCHMARKS_MD
-                                             rewrite the `## Data plane (QUIC transport)` section
+                                             rewrite the `## Data plane (QUIC and HTTP/2 transports)` section
 
 `write` reads RESULTS_DIR/meta.json and RESULTS_DIR/<target>.json (targets:
 direct, culvert, rathole, bore) and replaces only its own section of
@@ -32,10 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import FILE_HEADER, errors_cell, fmt_ms  # noqa: E402  (shared with api.sh)
 
-SECTION = "## Data plane (QUIC transport)"
+SECTION = "## Data plane (QUIC and HTTP/2 transports)"
 TARGETS = [
     ("direct", "direct to nginx"),
     ("culvert", "culvert (edge + connector, QUIC)"),
+    ("culvert_h2", "culvert (edge + connector, HTTP/2 transport)"),
     ("rathole", "rathole (TCP transport)"),
     ("bore", "bore"),
 ]
@@ -43,6 +44,8 @@ TARGETS = [
 PROCESSES = [
     ("culvert", "server", "culvert server (edge + public listener)", ("rathole", "server")),
     ("culvert", "connector", "culvert connector (`culvert tunnel run`)", ("rathole", "client")),
+    ("culvert_h2", "server", "culvert server, HTTP/2 transport", ("rathole", "server")),
+    ("culvert_h2", "connector", "culvert connector, `--protocol http2`", ("rathole", "client")),
     ("rathole", "server", "rathole server", None),
     ("rathole", "client", "rathole client", None),
     ("bore", "server", "bore server", None),

@@ -1,6 +1,7 @@
 //! WebSocket message round-trip latency through the tunnel versus direct
-//! to the origin (a measurement, not a check; run with
-//! `cargo test -p culvert --test ws_latency -- --ignored --nocapture`).
+//! to the origin: a measurement, not a check, ignored by default.
+//! `bash bench/ws_latency.sh` runs it in a release build and writes the
+//! figures to BENCHMARKS.md.
 
 mod common;
 #[path = "common/tunnel.rs"]
