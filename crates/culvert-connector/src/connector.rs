@@ -471,13 +471,7 @@ fn endpoint_for(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = std::net::UdpSocket::bind(bind).map_err(ConnectorError::Endpoint)?;
-    let mut config = quinn::EndpointConfig::default();
-    config
-        .max_udp_payload_size(culvert_proto::quic::MAX_UDP_PAYLOAD)
-        .map_err(|e| ConnectorError::Endpoint(std::io::Error::other(e)))?;
-    let ep = quinn::Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
-        .map_err(ConnectorError::Endpoint)?;
+    let ep = quinn::Endpoint::client(bind).map_err(ConnectorError::Endpoint)?;
     *slot = Some(ep.clone());
     Ok(ep)
 }

@@ -103,10 +103,6 @@ pub fn edge_transport_config() -> quinn::TransportConfig {
     t.receive_window(quinn::VarInt::from_u32(30 * 1024 * 1024));
     t.stream_receive_window(quinn::VarInt::from_u32(6 * 1024 * 1024));
     t.send_window(30 * 1024 * 1024);
-    // Path MTU discovery up to jumbo frames (see culvert_proto::quic).
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(culvert_proto::quic::MTU_UPPER_BOUND);
-    t.mtu_discovery_config(Some(mtu));
     t
 }
 

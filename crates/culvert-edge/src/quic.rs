@@ -83,36 +83,16 @@ pub(crate) fn bind(
         // Control stream + cloudflared's UDP-unregister RPC streams.
         .max_concurrent_bidi_streams(VarInt::from_u32(100))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .datagram_receive_buffer_size(Some(1024 * 1024))
-        .mtu_discovery_config(Some(mtu_discovery()));
+        .datagram_receive_buffer_size(Some(1024 * 1024));
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport));
     // Bounds the handshakes queued before `accept` sees them.
     server.max_incoming(tuning.max_quic_connections.clamp(1, 65_536));
-    let bind_err = |e| EdgeError::Bind {
+    quinn::Endpoint::server(server, addr).map_err(|e| EdgeError::Bind {
         what: "QUIC",
         addr,
         source: e,
-    };
-    let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
-    let mut endpoint = quinn::EndpointConfig::default();
-    endpoint
-        .max_udp_payload_size(culvert_proto::quic::MAX_UDP_PAYLOAD)
-        .map_err(|e| EdgeError::Config(e.to_string()))?;
-    quinn::Endpoint::new(
-        endpoint,
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(bind_err)
-}
-
-/// Path MTU discovery up to jumbo frames (see [`culvert_proto::quic`]).
-fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(culvert_proto::quic::MTU_UPPER_BOUND);
-    mtu
+    })
 }
 
 /// Accepts connections until shutdown. Each handshake runs on the main

@@ -31,8 +31,6 @@
 //! - [`h2`] — the HTTP/2 transport's headers: request kinds,
 //!   `cf-cloudflared-response-headers` serialisation, response meta, config
 //!   push bodies.
-//! - [`quic`] — QUIC transport parameters both sides share (UDP payload and
-//!   path-MTU ceilings).
 //! - [`datagram`] — datagram v2 (suffix-typed) and v3 (prefix-typed) codecs.
 //! - [`error`] — the shared [`DecodeError`].
 
@@ -42,7 +40,6 @@ pub mod error;
 pub mod framing;
 pub mod h2;
 pub mod http_meta;
-pub mod quic;
 pub mod registration;
 pub mod rpc;
 pub mod schema;

@@ -577,23 +577,3 @@ async fn safe_requests_lost_before_any_response_byte_are_retried_elsewhere() {
     assert_eq!(resets.load(Ordering::SeqCst), 4);
     drop((a0, b0));
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_mtu_discovery_grows_past_ethernet_size_on_loopback() {
-    let h = Harness::new(ConfigSource::Cloudflare).await;
-    let cfg = client_config_with(h.edge().ca_pem(), |t| {
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(culvert_proto::quic::MTU_UPPER_BOUND);
-        t.mtu_discovery_config(Some(mtu));
-    });
-    let conn = h.dial_with(cfg).await;
-    // Loopback carries 64 KiB datagrams; the edge advertises jumbo payloads,
-    // so the probes succeed within a few round trips.
-    within("MTU discovery", async {
-        while conn.stats().path.current_mtu <= 1452 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(conn.stats().path.current_mtu <= culvert_proto::quic::MTU_UPPER_BOUND);
-}
