@@ -532,29 +532,16 @@ async fn websocket(
     out
 }
 
-/// cloudflared's default `warp-routing.connectTimeout`.
-const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A private-network TCP flow over HTTP/2 (§5.2, `Cf-Cloudflared-Proxy-Src`
-/// set): dial `:authority` (`ip:port`), answer 200, then the bodies carry
-/// the raw bytes. As in 2023.7.3, refused unless `warp-routing.enabled`.
-/// There is no half-close: when the edge's side ends, the flow ends.
+/// set): dial `:authority` (`ip:port`) through the shared
+/// [`crate::tcpflow::dial`] (refused unless `warp-routing.enabled`), answer
+/// 200, then the bodies carry the raw bytes. There is no half-close here:
+/// when the edge's side ends, the flow ends, as in cloudflared.
 async fn tcp_flow(
     ctx: &ServiceCtx,
     req: Request<Incoming>,
     token: TaskTrackerToken,
 ) -> Response<RespBody> {
-    let warp = ctx
-        .proxy
-        .orchestrator
-        .snapshot()
-        .ingress
-        .warp_routing
-        .clone();
-    if warp.enabled != Some(true) {
-        tracing::warn!("private TCP flow refused: warp-routing is not enabled");
-        return connector_error(StatusCode::BAD_GATEWAY);
-    }
     let dest = req
         .uri()
         .authority()
@@ -566,27 +553,16 @@ async fn tcp_flow(
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    let Ok(addr) = dest.parse::<std::net::SocketAddr>() else {
-        tracing::debug!(%dest, "TCP flow destination is not ip:port");
-        return connector_error(StatusCode::BAD_GATEWAY);
-    };
-    let timeout = warp
-        .connect_timeout
-        .map(|d| d.to_std())
-        .filter(|d| !d.is_zero())
-        .unwrap_or(TCP_CONNECT_TIMEOUT);
-    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            tracing::debug!(%addr, error = %e, "TCP flow dial failed");
-            return connector_error(StatusCode::BAD_GATEWAY);
-        }
-        Err(_) => {
-            tracing::debug!(%addr, "TCP flow dial timed out");
+    let tcp = match crate::tcpflow::dial(&ctx.proxy, &dest).await {
+        Ok(t) => t,
+        Err(e) => {
+            match &e {
+                crate::tcpflow::FlowError::Disabled => tracing::error!("{e}"),
+                _ => tracing::warn!(%dest, error = %e, "private TCP flow failed"),
+            }
             return connector_error(StatusCode::BAD_GATEWAY);
         }
     };
-    let _ = tcp.set_nodelay(true);
     let (rd, mut wr) = tcp.into_split();
     let ended = CancellationToken::new();
     let edge_done = ended.clone();

@@ -57,6 +57,7 @@ pub mod proxy;
 pub mod rpc;
 pub mod socks;
 pub mod stream_origin;
+pub mod tcpflow;
 pub mod tls;
 
 pub use backoff::BackoffPolicy;

@@ -326,12 +326,16 @@ pub async fn serve_data_stream(
         let ws = crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send);
         return tracing::Instrument::instrument(ws, span).await;
     }
+    if req.connection_type == ConnectionType::Tcp {
+        return crate::tcpflow::serve_quic(&ctx, &req, initial, recv, send).await;
+    }
     let result = match req.connection_type {
         ConnectionType::Http => {
             let span = crate::management::layer::request_span(&req);
             tracing::Instrument::instrument(proxy_http(&ctx, &req, initial, recv, &mut send), span)
                 .await
         }
+        // Served above.
         ConnectionType::Websocket | ConnectionType::Tcp => {
             let msg = format!(
                 "{:?} streams are not supported by this connector yet",
