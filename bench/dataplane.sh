@@ -374,7 +374,7 @@ start_direct() {
 
 start_culvert() { # [TARGET PROTOCOL]
     local t="${1:-culvert}" protocol="${2:-quic}"
-    local data="$TMP/culvert-data" out="$RESULTS/$t/server.out"
+    local data="$TMP/$t-data" out="$RESULTS/$t/server.out"
     "$BIN" --version >/dev/null
     spawn culvert-server "$out" "$RESULTS/$t/server.log" \
         "$BIN" server --api-listen 127.0.0.1:0 --edge-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
