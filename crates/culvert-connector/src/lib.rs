@@ -56,6 +56,7 @@ pub mod origin;
 pub mod proxy;
 pub mod rpc;
 pub mod socks;
+pub mod stats;
 pub mod stream_origin;
 pub mod tls;
 
