@@ -325,7 +325,11 @@ pub async fn serve_data_stream(
     if let Some(m) = ctx.management.as_ref().filter(|m| m.handles(&req)) {
         return m.serve(req, initial, send, recv).await;
     }
-    if let Some(m) = &ctx.metrics {
+    if let Some(m) = ctx
+        .metrics
+        .as_ref()
+        .filter(|_| req.connection_type != ConnectionType::Tcp)
+    {
         crate::stats::begin(m, &ctx.orchestrator, &req);
     }
     if req.connection_type == ConnectionType::Websocket {

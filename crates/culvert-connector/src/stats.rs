@@ -84,14 +84,30 @@ impl Histogram {
 }
 
 /// Request counters of one connector.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProxyMetrics {
     total: AtomicU64,
     errors: AtomicU64,
     concurrent: AtomicU64,
     /// Responses by status class: index 0 = 1xx … 4 = 5xx.
     by_class: [AtomicU64; 5],
+    /// Responses by status code 100..=599 (index = code - 100): bounded, and
+    /// cloudflared's `response_by_code` family.
+    by_code: Box<[AtomicU64]>,
     hosts: Mutex<HashMap<String, Arc<Histogram>>>,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> ProxyMetrics {
+        ProxyMetrics {
+            total: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            concurrent: AtomicU64::new(0),
+            by_class: Default::default(),
+            by_code: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// What [`ProxyMetrics::render`] needs besides the request counters.
@@ -198,6 +214,17 @@ impl ProxyMetrics {
                 i + 1,
                 c.load(Ordering::Relaxed)
             );
+        }
+        let name = "cloudflared_tunnel_response_by_code";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Count of responses by HTTP status code\n# TYPE {name} counter"
+        );
+        for (i, c) in self.by_code.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "{name}{{status_code=\"{}\"}} {n}", i + 100);
+            }
         }
         let name = "culvert_tunnel_request_duration_seconds";
         let _ = writeln!(
@@ -334,6 +361,12 @@ impl Drop for RequestGuard {
             Some(s) => {
                 let class = usize::from(s / 100).clamp(1, 5) - 1;
                 m.by_class[class].fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = usize::from(s)
+                    .checked_sub(100)
+                    .and_then(|i| m.by_code.get(i))
+                {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
             }
             None => self.error = true,
         }
@@ -431,6 +464,8 @@ mod tests {
             "culvert_tunnel_ready_connections 1",
             "culvert_tunnel_responses_by_class{class=\"2xx\"} 1",
             "culvert_tunnel_responses_by_class{class=\"5xx\"} 1",
+            "cloudflared_tunnel_response_by_code{status_code=\"204\"} 1",
+            "cloudflared_tunnel_response_by_code{status_code=\"502\"} 1",
             "culvert_tunnel_request_duration_seconds_bucket{hostname=\"a.example.com\",le=\"0.025\"} 0",
             "culvert_tunnel_request_duration_seconds_bucket{hostname=\"a.example.com\",le=\"0.05\"} 1",
             "culvert_tunnel_request_duration_seconds_bucket{hostname=\"a.example.com\",le=\"+Inf\"} 1",
@@ -457,6 +492,13 @@ mod tests {
             .filter(|l| l.starts_with("culvert_tunnel_request_duration_seconds_count"))
             .count();
         assert_eq!(series, MAX_HOST_LABELS + 1);
+        // Out-of-range codes count by class only.
+        let mut g = m.start("h0.example.com");
+        g.set_status(999);
+        drop(g);
+        let text = m.render(ConnectionGauges::default());
+        assert!(text.contains("culvert_tunnel_responses_by_class{class=\"5xx\"} 1"));
+        assert!(!text.contains("status_code=\"999\""));
         assert_eq!(host_label(Some("*")), OTHER_HOST);
         assert_eq!(host_label(Some("x.example.com")), "x.example.com");
         assert_eq!(escape_label("a\"b\\"), "a\\\"b\\\\");

@@ -127,6 +127,18 @@ async fn metrics_count_requests_errors_streams_and_latency() {
         ("culvert_tunnel_responses_by_class{class=\"2xx\"}", 2.0),
         ("culvert_tunnel_responses_by_class{class=\"4xx\"}", 2.0),
         ("culvert_tunnel_responses_by_class{class=\"5xx\"}", 1.0),
+        (
+            "cloudflared_tunnel_response_by_code{status_code=\"200\"}",
+            2.0,
+        ),
+        (
+            "cloudflared_tunnel_response_by_code{status_code=\"404\"}",
+            2.0,
+        ),
+        (
+            "cloudflared_tunnel_response_by_code{status_code=\"502\"}",
+            1.0,
+        ),
         (&format!("{hist}_count{{hostname=\"app.test\"}}"), 2.0),
         (
             &format!("{hist}_bucket{{hostname=\"app.test\",le=\"+Inf\"}}"),
