@@ -37,7 +37,10 @@
 //!   reload on change / SIGHUP.
 //! - [`management`] — the management service (`/logs` log streaming,
 //!   `/ping`, `/host_details`) and the tracing layer that feeds it.
-//! - [`backoff`], [`tls`], [`metrics`], [`error`].
+//! - [`metrics`] — the `--metrics` server (`/ready`, `/healthcheck`,
+//!   `/metrics`); [`stats`] — request counters, latency histograms and
+//!   connection liveness behind it.
+//! - [`backoff`], [`tls`], [`error`].
 #![forbid(unsafe_code)]
 
 pub mod access;
