@@ -3,8 +3,8 @@
 //! graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use culvert_ingress::Ingress;
@@ -24,6 +24,7 @@ use crate::management::ManagementService;
 use crate::orchestrator::Orchestrator;
 use crate::proxy::{ProxyContext, serve_data_stream};
 use crate::rpc::{register, serve_rpc_stream};
+use crate::stats::{ConnectionGauges, Liveness, ProxyMetrics, STALL_AFTER};
 use crate::tls::{EDGE_QUIC_SERVER_NAME, edge_quic_config};
 
 /// How long an edge-opened stream may take to send its 6-byte signature.
@@ -105,14 +106,16 @@ impl ConnectorConfig {
 #[derive(Debug)]
 pub struct ConnectorState {
     connector_id: Uuid,
-    ready: watch::Sender<usize>,
+    counts: watch::Sender<ConnectionGauges>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl ConnectorState {
     fn new(connector_id: Uuid) -> ConnectorState {
         ConnectorState {
             connector_id,
-            ready: watch::Sender::new(0),
+            counts: watch::Sender::new(ConnectionGauges::default()),
+            metrics: Arc::new(ProxyMetrics::default()),
         }
     }
 
@@ -121,29 +124,135 @@ impl ConnectorState {
         self.connector_id
     }
 
-    /// Connections currently registered with the edge.
+    /// Registered connections that can serve: the edge still answers them.
     pub fn ready_connections(&self) -> usize {
-        *self.ready.borrow()
+        self.counts.borrow().ready
     }
 
-    /// Waits until at least `n` connections are registered.
+    /// Connections registered with the edge, whether or not they answer.
+    pub fn registered_connections(&self) -> usize {
+        self.counts.borrow().registered
+    }
+
+    /// Both connection counts at once.
+    pub fn connection_gauges(&self) -> ConnectionGauges {
+        *self.counts.borrow()
+    }
+
+    /// The request counters.
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.metrics
+    }
+
+    /// Waits until at least `n` connections are ready.
     pub async fn wait_ready(&self, n: usize) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|r| *r >= n).await;
+        let mut rx = self.counts.subscribe();
+        let _ = rx.wait_for(|c| c.ready >= n).await;
     }
 
+    /// Waits until at most `n` connections are ready.
+    pub async fn wait_ready_at_most(&self, n: usize) {
+        let mut rx = self.counts.subscribe();
+        let _ = rx.wait_for(|c| c.ready <= n).await;
+    }
+
+    /// A newly registered connection, ready until its guard says otherwise.
     pub(crate) fn up(self: &Arc<Self>) -> ReadyGuard {
-        self.ready.send_modify(|r| *r += 1);
-        ReadyGuard(Arc::clone(self))
+        self.counts.send_modify(|c| {
+            c.registered += 1;
+            c.ready += 1;
+        });
+        ReadyGuard {
+            state: Arc::clone(self),
+            slot: Arc::new(Mutex::new(Slot {
+                live: true,
+                gone: false,
+            })),
+        }
     }
 }
 
+#[derive(Debug)]
+struct Slot {
+    live: bool,
+    /// The connection ended; late liveness reports are ignored.
+    gone: bool,
+}
+
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Counts one registered connection while alive.
-pub(crate) struct ReadyGuard(Arc<ConnectorState>);
+pub(crate) struct ReadyGuard {
+    state: Arc<ConnectorState>,
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl ReadyGuard {
+    /// A handle for the task that watches this connection's liveness.
+    pub(crate) fn liveness(&self) -> LivenessHandle {
+        LivenessHandle {
+            state: Arc::clone(&self.state),
+            slot: Arc::clone(&self.slot),
+        }
+    }
+}
 
 impl Drop for ReadyGuard {
     fn drop(&mut self) {
-        self.0.ready.send_modify(|r| *r = r.saturating_sub(1));
+        self.state.counts.send_modify(|c| {
+            let mut s = lock(&self.slot);
+            s.gone = true;
+            c.registered = c.registered.saturating_sub(1);
+            if s.live {
+                c.ready = c.ready.saturating_sub(1);
+            }
+        });
+    }
+}
+
+/// Marks one registered connection able to serve or not.
+pub(crate) struct LivenessHandle {
+    state: Arc<ConnectorState>,
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl LivenessHandle {
+    pub(crate) fn set_live(&self, live: bool) {
+        self.state.counts.send_if_modified(|c| {
+            let mut s = lock(&self.slot);
+            if s.gone || s.live == live {
+                return false;
+            }
+            s.live = live;
+            if live {
+                c.ready += 1;
+            } else {
+                c.ready = c.ready.saturating_sub(1);
+            }
+            true
+        });
+    }
+}
+
+/// How often a QUIC connection's liveness is sampled.
+const LIVENESS_PERIOD: Duration = Duration::from_millis(500);
+
+/// Marks a QUIC connection unready while the edge sends nothing (our
+/// keep-alive PINGs go unanswered); quinn's idle timeout ends it later.
+async fn watch_quic_liveness(conn: quinn::Connection, handle: LivenessHandle) {
+    let received = || conn.stats().udp_rx.datagrams;
+    let mut liveness = Liveness::new(received(), tokio::time::Instant::now(), STALL_AFTER);
+    let mut tick = tokio::time::interval(LIVENESS_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let live = liveness.observe(received(), tokio::time::Instant::now());
+        if !live {
+            tracing::debug!(edge = %conn.remote_address(), "no packet from the edge for {STALL_AFTER:?}; connection not ready");
+        }
+        handle.set_live(live);
     }
 }
 
@@ -540,6 +649,10 @@ async fn serve_connection(
         "Registered tunnel connection"
     );
     let ready = shared.state.up();
+    let _liveness = AbortOnDrop(tokio::spawn(watch_quic_liveness(
+        conn.clone(),
+        ready.liveness(),
+    )));
     on_registered();
     // cloudflared uploads its local configuration on connection 0 of a
     // locally managed tunnel, and we again after each reload.
@@ -677,8 +790,10 @@ async fn handle_stream(
                 orchestrator: Arc::clone(&shared.orchestrator),
                 connector_id: shared.state.connector_id,
                 management: Some(Arc::clone(&shared.management)),
+                metrics: Some(Arc::clone(&shared.state.metrics)),
             };
-            if let Err(e) = serve_data_stream(ctx, send, recv, sig).await {
+            let served = crate::stats::scope(serve_data_stream(ctx, send, recv, sig));
+            if let Err(e) = served.await {
                 tracing::debug!(error = %e, "data stream failed");
             }
         }
@@ -768,7 +883,19 @@ mod tests {
         let g2 = s.up();
         s.wait_ready(2).await;
         assert_eq!(s.ready_connections(), 2);
+        // A stalled connection stays registered but is not ready.
+        let h1 = g1.liveness();
+        h1.set_live(false);
+        h1.set_live(false);
+        assert_eq!((s.ready_connections(), s.registered_connections()), (1, 2));
+        h1.set_live(true);
+        assert_eq!(s.ready_connections(), 2);
+        h1.set_live(false);
         drop(g1);
+        assert_eq!((s.ready_connections(), s.registered_connections()), (1, 1));
+        // Reports after the connection ended change nothing.
+        h1.set_live(true);
+        assert_eq!((s.ready_connections(), s.registered_connections()), (1, 1));
         drop(g2);
         assert_eq!(s.ready_connections(), 0);
     }

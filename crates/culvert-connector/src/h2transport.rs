@@ -155,6 +155,7 @@ pub(crate) async fn serve_connection(
             orchestrator: Arc::clone(&shared.orchestrator),
             connector_id: shared.state.connector_id(),
             management: Some(Arc::clone(&shared.management)),
+            metrics: Some(Arc::clone(shared.state.metrics())),
         },
         control: Mutex::new(Some(control_tx)),
         tracker: TaskTracker::new(),
@@ -312,17 +313,58 @@ async fn handle(ctx: Arc<ServiceCtx>, req: Request<Incoming>) -> Response<RespBo
         RequestKind::ConfigUpdate => config_update(&ctx, req).await,
         RequestKind::Http => {
             let token = ctx.tracker.token();
-            http(&ctx, req, token).await
+            let guard = start_request(&ctx, &req);
+            counted(guard, http(&ctx, req, token).await)
         }
         RequestKind::Websocket => {
             let token = ctx.tracker.token();
-            websocket(&ctx, req, token).await
+            let guard = start_request(&ctx, &req);
+            counted(guard, websocket(&ctx, req, token).await)
         }
         RequestKind::Tcp => {
             let token = ctx.tracker.token();
             tcp_flow(&ctx, req, token).await
         }
     }
+}
+
+/// Starts counting an HTTP or websocket request for `/metrics`.
+fn start_request(ctx: &ServiceCtx, req: &Request<Incoming>) -> Option<crate::stats::RequestGuard> {
+    let metrics = ctx.proxy.metrics.as_ref()?;
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or("");
+    let label = crate::stats::label_for(&ctx.proxy.orchestrator, host, req.uri().path());
+    Some(metrics.start(&label))
+}
+
+/// Records the response status (the connector's own answers, marked
+/// `src: cloudflared`, are errors) and keeps the request in flight until
+/// its body ends.
+fn counted(
+    guard: Option<crate::stats::RequestGuard>,
+    resp: Response<RespBody>,
+) -> Response<RespBody> {
+    let Some(mut guard) = guard else {
+        return resp;
+    };
+    guard.set_status(resp.status().as_u16());
+    let own = resp
+        .headers()
+        .get(RESPONSE_META)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("cloudflared"));
+    if own {
+        guard.set_error();
+    }
+    resp.map(|b| crate::stats::CountedBody::new(b, guard).boxed_unsync())
 }
 
 /// Hands the control stream's bodies to the connection task; the response

@@ -37,7 +37,10 @@
 //!   reload on change / SIGHUP.
 //! - [`management`] — the management service (`/logs` log streaming,
 //!   `/ping`, `/host_details`) and the tracing layer that feeds it.
-//! - [`backoff`], [`tls`], [`metrics`], [`error`].
+//! - [`metrics`] — the `--metrics` server (`/ready`, `/healthcheck`,
+//!   `/metrics`); [`stats`] — request counters, latency histograms and
+//!   connection liveness behind it.
+//! - [`backoff`], [`tls`], [`error`].
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -56,6 +59,7 @@ pub mod origin;
 pub mod proxy;
 pub mod rpc;
 pub mod socks;
+pub mod stats;
 pub mod stream_origin;
 pub mod tcpflow;
 pub mod tls;

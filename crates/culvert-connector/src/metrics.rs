@@ -1,8 +1,13 @@
-//! `--metrics ADDR`: cloudflared's readiness endpoints.
+//! `--metrics ADDR`: cloudflared's readiness endpoints and Prometheus
+//! metrics.
 //!
 //! - `GET /ready` → `{"status":200|503,"readyConnections":N,"connectorId":"…"}`
-//!   with that HTTP status (503 while no connection is registered);
-//! - `GET /healthcheck` → `OK`.
+//!   with that HTTP status (503 while no connection can serve: none is
+//!   registered, or the edge stopped answering the registered ones, see
+//!   [`crate::stats::Liveness`]);
+//! - `GET /healthcheck` → `OK`;
+//! - `GET /metrics` → the Prometheus text format 0.0.4
+//!   ([`crate::stats::ProxyMetrics::render`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +27,10 @@ use crate::error::ConnectorError;
 /// Most metrics requests served at once; further connections wait.
 const MAX_CONNECTIONS: usize = 64;
 
-/// The `/ready` body and status for `ready` registered connections.
+/// The Prometheus text exposition format, version 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The `/ready` body and status for `ready` connections able to serve.
 pub fn ready_body(ready: usize, connector_id: uuid::Uuid) -> (StatusCode, String) {
     let status = if ready > 0 {
         StatusCode::OK
@@ -54,6 +62,11 @@ fn respond(req: &Request<hyper::body::Incoming>, state: &ConnectorState) -> Resp
             (s, "application/json", b)
         }
         "/healthcheck" => (StatusCode::OK, "text/plain; charset=utf-8", "OK\n".into()),
+        "/metrics" => (
+            StatusCode::OK,
+            PROMETHEUS_CONTENT_TYPE,
+            state.metrics().render(state.connection_gauges()),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",

@@ -65,6 +65,8 @@ pub struct ProxyContext {
     pub connector_id: Uuid,
     /// Serves requests for the management hostname (`/logs`, `/ping`…).
     pub management: Option<Arc<crate::management::ManagementService>>,
+    /// Request counters (`/metrics`); `None` counts nothing.
+    pub metrics: Option<Arc<crate::stats::ProxyMetrics>>,
 }
 
 /// Go's `textproto.CanonicalMIMEHeaderKey`: `content-type` →
@@ -225,6 +227,8 @@ pub fn response_head(status: u16, headers: &hyper::HeaderMap) -> HttpResponseHea
 /// sends (2023.7.3 sends the error alone; edges treat both as 502).
 pub fn error_response(msg: impl Into<String>) -> ConnectResponse {
     crate::management::layer::record_status(502);
+    crate::stats::record_status(502);
+    crate::stats::record_error();
     ConnectResponse {
         error: msg.into(),
         metadata: vec![Metadata::new(HTTP_STATUS, "502")],
@@ -321,6 +325,13 @@ pub async fn serve_data_stream(
     if let Some(m) = ctx.management.as_ref().filter(|m| m.handles(&req)) {
         return m.serve(req, initial, send, recv).await;
     }
+    if let Some(m) = ctx
+        .metrics
+        .as_ref()
+        .filter(|_| req.connection_type != ConnectionType::Tcp)
+    {
+        crate::stats::begin(m, &ctx.orchestrator, &req);
+    }
     if req.connection_type == ConnectionType::Websocket {
         let span = crate::management::layer::request_span(&req);
         let ws = crate::stream_origin::serve_websocket(&ctx, &req, initial, recv, send);
@@ -364,6 +375,7 @@ async fn write_head(
     head: &HttpResponseHead,
 ) -> Result<(), StreamError> {
     crate::management::layer::record_status(head.status);
+    crate::stats::record_status(head.status);
     let resp = head.to_connect_response().unwrap_or_else(|e| {
         // Only a header name with ':' fails, which hyper never yields.
         error_response(e.to_string())

@@ -109,6 +109,7 @@ async fn write_resp(
     head: &HttpResponseHead,
 ) -> Result<(), StreamError> {
     crate::management::layer::record_status(head.status);
+    crate::stats::record_status(head.status);
     let resp = head
         .to_connect_response()
         .unwrap_or_else(|e| error_response(e.to_string()));
