@@ -37,6 +37,7 @@ pub mod hosts;
 pub mod management;
 pub mod metrics;
 pub mod pages;
+pub mod private_flow;
 mod proxy;
 pub mod public_tls;
 mod push;

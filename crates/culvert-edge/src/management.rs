@@ -264,6 +264,9 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     ray: &str,
 ) -> Response<Body> {
+    if crate::private_flow::is_flow_path(req.uri().path()) {
+        return crate::private_flow::handle(shared, req, ray).await;
+    }
     let Some(route) = Route::of(req.uri().path()) else {
         return refuse(Refusal::NotFound, ray);
     };
@@ -451,7 +454,9 @@ async fn forward(
     Ok((out, recv, send, rest))
 }
 
-async fn read_head(recv: &mut quinn::RecvStream) -> Result<(ConnectResponse, Bytes), String> {
+pub(crate) async fn read_head(
+    recv: &mut quinn::RecvStream,
+) -> Result<(ConnectResponse, Bytes), String> {
     let limit = DATA_STREAM_PREAMBLE.len() + Limits::DATA_STREAM.max_message_bytes;
     let mut buf = BytesMut::new();
     loop {
@@ -469,8 +474,9 @@ async fn read_head(recv: &mut quinn::RecvStream) -> Result<(ConnectResponse, Byt
     }
 }
 
-/// Relays WebSocket bytes verbatim between the eyeball and the stream.
-async fn splice(
+/// Relays bytes verbatim between the upgraded eyeball connection and the
+/// stream (WebSocket frames for `/logs`, raw bytes for private flows).
+pub(crate) async fn splice(
     on: hyper::upgrade::OnUpgrade,
     recv: quinn::RecvStream,
     send: quinn::SendStream,
