@@ -483,6 +483,9 @@ async fn websocket(
     let snapshot = ctx.proxy.orchestrator.snapshot();
     let (path, _) = dest_path(&head.dest);
     let (_, rule, origin) = snapshot.route(&head.host, &path);
+    if let Some((host, port)) = crate::stream_origin::stream_target(&rule.service) {
+        return tcp_service(&head, rule, &host, port, req, token).await;
+    }
     let Origin::Http(http) = origin else {
         tracing::debug!(dest = %head.dest, "websocket to a service that is not HTTP");
         return connector_error(StatusCode::BAD_GATEWAY);
@@ -561,6 +564,64 @@ async fn websocket(
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut origin_wr).await;
     });
     let to_edge = ReaderStream::with_capacity(origin_rd, 16 * 1024)
+        .map(|r| r.map(Frame::data).map_err(BoxError::from));
+    let mut out = Response::new(
+        Tracked {
+            body: StreamBody::new(to_edge).boxed_unsync(),
+            _token: token,
+        }
+        .boxed_unsync(),
+    );
+    *out.status_mut() = StatusCode::OK;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// A WebSocket to a TCP service (`ssh://`, `tcp://`, …) over HTTP/2: as
+/// over QUIC, the connector dials the service, answers the handshake itself
+/// (200 standing for 101) and bridges WebSocket message payloads to the TCP
+/// connection; the request body carries the eyeball's frames and the
+/// response body ours.
+async fn tcp_service(
+    head: &culvert_proto::http_meta::HttpRequestHead,
+    rule: &culvert_ingress::Rule,
+    host: &str,
+    port: u16,
+    req: Request<Incoming>,
+    token: TaskTrackerToken,
+) -> Response<RespBody> {
+    let timeout = rule.origin_request.connect_timeout();
+    let tcp =
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                tracing::warn!(service = %rule.service, error = %e, "TCP service unreachable");
+                return connector_error(StatusCode::BAD_GATEWAY);
+            }
+            Err(_) => {
+                tracing::warn!(service = %rule.service, "TCP service dial timed out");
+                return connector_error(StatusCode::BAD_GATEWAY);
+            }
+        };
+    let _ = tcp.set_nodelay(true);
+    let switching = crate::stream_origin::switching_head(head.header("sec-websocket-key").next());
+    let headers = response_headers(&switching);
+    let to_io: fn(hyper::Error) -> io::Error = io::Error::other;
+    let from_edge = StreamReader::new(BodyDataStream::new(req.into_body()).map_err(to_io));
+    let (to_edge_wr, to_edge_rd) = tokio::io::duplex(64 * 1024);
+    let service = rule.service.clone();
+    tokio::spawn(async move {
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            tokio::io::join(from_edge, to_edge_wr),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(crate::stream_origin::ws_config()),
+        )
+        .await;
+        if let Err(e) = crate::stream_origin::bridge(ws, tcp).await {
+            tracing::debug!(%service, error = %e, "TCP service stream ended with an error");
+        }
+    });
+    let to_edge = ReaderStream::with_capacity(to_edge_rd, 16 * 1024)
         .map(|r| r.map(Frame::data).map_err(BoxError::from));
     let mut out = Response::new(
         Tracked {

@@ -118,6 +118,58 @@ async fn access_tcp_carries_a_tcp_echo_service() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_tcp_over_the_http2_transport() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let echo = echo_server().await;
+    let connector = tunnel::serve_ingress_over(
+        &s,
+        "tcp-h2",
+        json!([
+            {"hostname": "echo.example.com", "service": format!("tcp://{echo}")},
+            {"service": "http_status:404"}
+        ]),
+        "echo.example.com",
+        culvert_connector::connector::TransportProtocol::Http2,
+    )
+    .await;
+    let http = s.server.as_ref().unwrap().http_addr;
+    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_addr = local.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let target = Target::from_args(&access_args("echo.example.com", http)).unwrap();
+    let access = tokio::spawn(serve_listener(target, local, cancel.clone()));
+
+    let mut tcp = TcpStream::connect(local_addr).await.unwrap();
+    let msg = b"hello over http2\n";
+    tcp.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&buf, msg);
+    let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 249) as u8).collect();
+    let (mut r, mut w) = tcp.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w
+    });
+    let mut got = vec![0u8; data.len()];
+    tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut got))
+        .await
+        .expect("1 MiB echoed in time")
+        .unwrap();
+    assert!(got == data, "echoed bytes differ");
+    drop(writer.await.unwrap());
+
+    cancel.cancel();
+    let _ = access.await;
+    connector.stop().await;
+    s.stop().await;
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use culvert_connector::connector::{Connector, ConnectorConfig, ConnectorState};
+use culvert_connector::connector::{Connector, ConnectorConfig, ConnectorState, TransportProtocol};
 use culvert_proto::TunnelToken;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -36,6 +36,17 @@ pub async fn serve_ingress(
     ingress: Value,
     probe_host: &str,
 ) -> RunningConnector {
+    serve_ingress_over(s, name, ingress, probe_host, TransportProtocol::Auto).await
+}
+
+/// [`serve_ingress`] with the connector on a given transport.
+pub async fn serve_ingress_over(
+    s: &TestServer,
+    name: &str,
+    ingress: Value,
+    probe_host: &str,
+    protocol: TransportProtocol,
+) -> RunningConnector {
     let (status, body) = call(
         s.req(Method::POST, &s.acct("/cfd_tunnel"))
             .json(&json!({"name": name, "config_src": "cloudflare"})),
@@ -62,6 +73,7 @@ pub async fn serve_ingress(
     cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
     cfg.ha_connections = 1;
     cfg.grace_period = Duration::from_secs(1);
+    cfg.protocol = protocol;
     let connector = Connector::new(cfg).unwrap();
     let state = connector.state();
     let cancel = CancellationToken::new();
