@@ -32,7 +32,7 @@ if len(rows) != 2:
 load = open("/proc/loadavg").read().split()[:3]
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 section = ["## WebSocket round trip", "",
-           f"`bash bench/ws_latency.sh` at {now} on {os.cpu_count()} CPUs (load average before the run: {' '.join(load)}).",
+           f"`bash bench/ws_latency.sh` at {now} on {os.cpu_count()} CPUs (load average when the figures were written: {' '.join(load)}).",
            "One WebSocket, 2,000 round trips of a 32-byte binary message after 200 warm-up rounds,",
            "echoed by a tokio-tungstenite origin; the tunnel path is the public listener, the edge,",
            "QUIC to `culvert tunnel run` and the origin, all on loopback in one process.", "",
