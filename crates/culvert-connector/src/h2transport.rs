@@ -563,18 +563,7 @@ async fn websocket(
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut origin_wr).await;
     });
-    let to_edge = ReaderStream::with_capacity(origin_rd, 16 * 1024)
-        .map(|r| r.map(Frame::data).map_err(BoxError::from));
-    let mut out = Response::new(
-        Tracked {
-            body: StreamBody::new(to_edge).boxed_unsync(),
-            _token: token,
-        }
-        .boxed_unsync(),
-    );
-    *out.status_mut() = StatusCode::OK;
-    *out.headers_mut() = headers;
-    out
+    relayed(origin_rd, headers, token)
 }
 
 /// A WebSocket to a TCP service (`ssh://`, `tcp://`, …) over HTTP/2: as
@@ -621,18 +610,7 @@ async fn tcp_service(
             tracing::debug!(%service, error = %e, "TCP service stream ended with an error");
         }
     });
-    let to_edge = ReaderStream::with_capacity(to_edge_rd, 16 * 1024)
-        .map(|r| r.map(Frame::data).map_err(BoxError::from));
-    let mut out = Response::new(
-        Tracked {
-            body: StreamBody::new(to_edge).boxed_unsync(),
-            _token: token,
-        }
-        .boxed_unsync(),
-    );
-    *out.status_mut() = StatusCode::OK;
-    *out.headers_mut() = headers;
-    out
+    relayed(to_edge_rd, headers, token)
 }
 
 /// A private-network TCP flow over HTTP/2 (§5.2, `Cf-Cloudflared-Proxy-Src`
@@ -692,6 +670,26 @@ async fn tcp_flow(
         }
         .boxed_unsync(),
     )
+}
+
+/// A 200 (standing for 101) whose body relays what `rd` yields to the edge
+/// while the request's task token is held.
+fn relayed<R>(rd: R, headers: HeaderMap, token: TaskTrackerToken) -> Response<RespBody>
+where
+    R: tokio::io::AsyncRead + Send + 'static,
+{
+    let to_edge = ReaderStream::with_capacity(rd, 16 * 1024)
+        .map(|r| r.map(Frame::data).map_err(BoxError::from));
+    let mut out = Response::new(
+        Tracked {
+            body: StreamBody::new(to_edge).boxed_unsync(),
+            _token: token,
+        }
+        .boxed_unsync(),
+    );
+    *out.status_mut() = StatusCode::OK;
+    *out.headers_mut() = headers;
+    out
 }
 
 fn resp_head_status(code: u16) -> StatusCode {
