@@ -241,7 +241,13 @@ pub struct LoginArgs {
     #[arg(long, env = "TUNNEL_API_URL", value_name = "URL")]
     pub api_url: Option<String>,
     /// API token (Bearer), e.g. the `api_token` of the server's bootstrap.json.
-    #[arg(long, env = "CULVERT_API_TOKEN", hide_env_values = true)]
+    /// Tokens are base64url and may start with `-`, so hyphen values are taken.
+    #[arg(
+        long,
+        env = "CULVERT_API_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub token: String,
     /// Account id (default: the token's account, when the server tells it).
     #[arg(long)]

@@ -207,8 +207,9 @@ enum AdminCommand {
         /// API URL to record in the certificate (default: bootstrap.json's api_url).
         #[arg(long)]
         api_url: Option<String>,
-        /// Use this existing API token instead of minting one.
-        #[arg(long, hide_env_values = true)]
+        /// Use this existing API token instead of minting one (base64url: it
+        /// may start with `-`).
+        #[arg(long, hide_env_values = true, allow_hyphen_values = true)]
         token: Option<String>,
     },
 }
@@ -529,5 +530,24 @@ mod tests {
     #[test]
     fn clap_definition_is_valid() {
         super::Cli::command().debug_assert();
+    }
+
+    /// API tokens are base64url: one may start with `-`.
+    #[test]
+    fn tokens_may_start_with_a_hyphen() {
+        use clap::Parser as _;
+        let cli = super::Cli::try_parse_from([
+            "culvert",
+            "login",
+            "--api-url",
+            "http://127.0.0.1:1/client/v4",
+            "--token",
+            "-zEtZueODdDV4zCl",
+        ])
+        .unwrap();
+        let super::Command::Login(args) = cli.command else {
+            panic!("not login");
+        };
+        assert_eq!(args.token, "-zEtZueODdDV4zCl");
     }
 }
