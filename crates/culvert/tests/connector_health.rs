@@ -124,7 +124,20 @@ async fn run(protocol: TransportProtocol) {
         let client = client.clone();
         async move { get(&client, format!("http://{maddr}/metrics")).await.1 }
     };
-    let before = scrape().await;
+    // The routing probes above are counted when their streams end, which
+    // can be just after their responses: wait until the counters settle.
+    let mut before = scrape().await;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = scrape().await;
+        let settled = sample(&now, "cloudflared_tunnel_concurrent_requests_per_tunnel") == 0.0
+            && sample(&now, "cloudflared_tunnel_total_requests")
+                == sample(&before, "cloudflared_tunnel_total_requests");
+        before = now;
+        if settled {
+            break;
+        }
+    }
     for _ in 0..3 {
         let r = public("app.example.com", "/hello").send().await.unwrap();
         assert_eq!(r.status(), 200);
