@@ -41,7 +41,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::compat::{TokioAsyncReadCompatExt as _, TokioAsyncWriteCompatExt as _};
 use tokio_util::io::{ReaderStream, StreamReader};
 use tokio_util::sync::CancellationToken;
@@ -68,8 +67,6 @@ const MAX_HEADER_LIST: u32 = 256 * 1024;
 const CONTROL_PIPE_BYTES: usize = 64 * 1024;
 /// Largest `update-configuration` answer read.
 const MAX_PUSH_REPLY: usize = 64 * 1024;
-/// How many HTTP/2 connections a request may try.
-const MAX_OPEN_ATTEMPTS: usize = 3;
 /// Attempts to find a port free for both UDP and TCP when binding port 0.
 const BIND_ATTEMPTS: usize = 5;
 /// HTTP/2 PINGs: a connector that stops answering is dropped.
@@ -171,84 +168,71 @@ pub(crate) async fn accept_loop(
     tls: Arc<rustls::ServerConfig>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(shared.tuning.max_quic_connections.max(1)));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connector TCP connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many HTTP/2 connector connections; refusing");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(shared.tuning.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_frame_size(MAX_FRAME_SIZE)
-                .max_header_list_size(MAX_HEADER_LIST)
-                .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .handshake::<_, H2Body>(TokioIo::new(tls))
-                .await;
-            let (send, conn) = match handshake {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
-                    return;
-                }
-            };
-            let closed = CancellationToken::new();
-            let handle = H2Handle {
-                send,
-                closed: closed.clone(),
-                peer,
-            };
-            let s = shared.clone();
-            // Detached: the session cleans up after itself when `closed` fires.
-            drop(
-                shared
-                    .rpc_pool
-                    .spawn_pinned(move || serve_connection(s, handle)),
-            );
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
-                    }
-                }
-                _ = closed.cancelled() => {}
+    let limits = crate::accept::TlsLimits {
+        what: "HTTP/2 connector",
+        max_connections: shared.tuning.max_quic_connections,
+        handshake_timeout: shared.tuning.handshake_timeout,
+    };
+    let shutdown = shared.shutdown.clone();
+    crate::accept::accept_tls(
+        shutdown,
+        listener,
+        acceptor,
+        limits,
+        move |tls, peer, permit| serve_tls(shared.clone(), tls, peer, permit),
+    )
+    .await;
+}
+
+/// One connector's TLS connection: the HTTP/2 client side, and the control
+/// session on the RPC pool.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .handshake::<_, H2Body>(TokioIo::new(tls))
+        .await;
+    let (send, conn) = match handshake {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let closed = CancellationToken::new();
+    let handle = H2Handle {
+        send,
+        closed: closed.clone(),
+        peer,
+    };
+    let s = shared.clone();
+    // Detached: the session cleans up after itself when `closed` fires.
+    drop(
+        shared
+            .rpc_pool
+            .spawn_pinned(move || serve_connection(s, handle)),
+    );
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
             }
-            closed.cancel();
-            drop(permit);
-        });
+        }
+        _ = closed.cancelled() => {}
     }
+    closed.cancel();
+    drop(permit);
 }
 
 /// Runs on the RPC pool: opens the control stream, serves the registration
@@ -438,7 +422,7 @@ pub(crate) async fn proxy(
     for c in candidates
         .iter()
         .filter_map(|c| c.conn.http2().map(|h| (c.id, h)))
-        .take(MAX_OPEN_ATTEMPTS)
+        .take(crate::transport::MAX_OPEN_ATTEMPTS)
     {
         match c.1.ready(shared.tuning.open_stream_timeout).await {
             Ok(s) => {

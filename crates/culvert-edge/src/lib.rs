@@ -30,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accept;
 mod control;
 mod error;
 mod h2conn;

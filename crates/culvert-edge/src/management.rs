@@ -407,10 +407,7 @@ async fn forward(
         .quic()
         .ok_or("the chosen connector connection uses HTTP/2; log streaming needs QUIC")?;
     let (mut send, mut recv) =
-        tokio::time::timeout(shared.tuning.open_stream_timeout, quic.open_bi())
-            .await
-            .map_err(|_| "stream limit reached".to_string())?
-            .map_err(|e| e.to_string())?;
+        crate::transport::open_quic_stream(conn, quic, shared.tuning.open_stream_timeout).await?;
     send.write_all(&request.encode())
         .await
         .map_err(|e| e.to_string())?;

@@ -141,13 +141,11 @@ pub(crate) async fn handle(
         metadata: Vec::new(),
     }
     .encode();
-    let opened = tokio::time::timeout(shared.tuning.open_stream_timeout, quic.open_bi()).await;
+    let opened =
+        crate::transport::open_quic_stream(&conn, &quic, shared.tuning.open_stream_timeout).await;
     let (mut send, mut recv) = match opened {
-        Ok(Ok(s)) => s,
-        _ => {
-            let m = format!("could not open a stream on connection {}", conn.id);
-            return error(StatusCode::BAD_GATEWAY, 1033, &m, ray);
-        }
+        Ok(s) => s,
+        Err(m) => return error(StatusCode::BAD_GATEWAY, 1033, &m, ray),
     };
     if let Err(e) = send.write_all(&head).await {
         return error(StatusCode::BAD_GATEWAY, 1033, &e.to_string(), ray);

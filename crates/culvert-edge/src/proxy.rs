@@ -35,11 +35,10 @@ use crate::pages::ErrorPage;
 use crate::request::{
     EyeballHead, ResponseError, bodiless, build_connect_request, new_ray, response_head,
 };
+use crate::transport::{open_quic_stream, quic_candidates};
 
 type ProxyBody = BoxBody<Bytes, std::io::Error>;
 
-/// How many connections a request may try to open a stream on.
-const MAX_OPEN_ATTEMPTS: usize = 3;
 /// Read size for response bodies (one buffer in flight per request).
 const BODY_CHUNK: usize = 64 * 1024;
 /// Bound on reading an eyeball's request head (slow-loris guard).
@@ -248,23 +247,12 @@ async fn proxy(
     // (nothing sent yet) always moves on to the next connection.
     let mut failure = ProxyError::OpenStream("no connection tried".into());
     let mut exchange = None;
-    for (c, quic) in candidates
-        .iter()
-        .filter_map(|c| c.conn.quic().map(|q| (c, q)))
-        .take(MAX_OPEN_ATTEMPTS)
-    {
+    for (c, quic) in quic_candidates(&candidates) {
         let (mut send, mut recv) =
-            match tokio::time::timeout(shared.tuning.open_stream_timeout, quic.open_bi()).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    failure = ProxyError::OpenStream(format!("connection {}: {e}", c.id));
-                    continue;
-                }
-                Err(_) => {
-                    failure = ProxyError::OpenStream(format!(
-                        "connection {}: stream limit reached",
-                        c.id
-                    ));
+            match open_quic_stream(c, quic, shared.tuning.open_stream_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    failure = ProxyError::OpenStream(e);
                     continue;
                 }
             };

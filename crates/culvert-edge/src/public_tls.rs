@@ -18,7 +18,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::error::EdgeError;
 use crate::{HttpsOptions, Shared};
@@ -162,41 +161,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, certs: Arc
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let slots = Arc::new(Semaphore::new(shared.tuning.max_http_connections.max(1)));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting an HTTPS connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many HTTPS connections; dropping");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (shared, acceptor) = (shared.clone(), acceptor.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+    let limits = crate::accept::TlsLimits {
+        what: "HTTPS",
+        max_connections: shared.tuning.max_http_connections,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+    };
+    let shutdown = shared.shutdown.clone();
+    crate::accept::accept_tls(
+        shutdown,
+        listener,
+        acceptor,
+        limits,
+        move |tls, peer, permit| {
             let scheme = crate::proxy::EyeballScheme::Https;
-            crate::proxy::serve_connection(shared, tls, peer, scheme, permit).await;
-        });
-    }
+            crate::proxy::serve_connection(shared.clone(), tls, peer, scheme, permit)
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

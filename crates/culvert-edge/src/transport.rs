@@ -5,10 +5,16 @@
 //! transport's own module (`proxy`/`push` for QUIC, `h2conn` for HTTP/2).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::VarInt;
 
 use crate::h2conn::H2Handle;
+use crate::registry::LiveConn;
+
+/// How many connections one request may try to open a stream on.
+pub(crate) const MAX_OPEN_ATTEMPTS: usize = 3;
 
 /// One connector connection, whichever transport carries it.
 #[derive(Clone)]
@@ -65,6 +71,31 @@ impl Transport {
             Transport::Quic(c) => c.remote_address(),
             Transport::Http2(h) => h.peer(),
         }
+    }
+}
+
+/// The QUIC connections among `candidates`, in their round-robin order, as
+/// many as one request may try.
+pub(crate) fn quic_candidates(
+    candidates: &[Arc<LiveConn>],
+) -> impl Iterator<Item = (&LiveConn, &quinn::Connection)> {
+    candidates
+        .iter()
+        .filter_map(|c| c.conn.quic().map(|q| (c.as_ref(), q)))
+        .take(MAX_OPEN_ATTEMPTS)
+}
+
+/// Opens a request stream on `quic` within `timeout` (quinn waits while the
+/// connector's stream limit is reached). The error names the connection.
+pub(crate) async fn open_quic_stream(
+    conn: &LiveConn,
+    quic: &quinn::Connection,
+    timeout: Duration,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    match tokio::time::timeout(timeout, quic.open_bi()).await {
+        Ok(Ok(streams)) => Ok(streams),
+        Ok(Err(e)) => Err(format!("connection {}: {e}", conn.id)),
+        Err(_) => Err(format!("connection {}: stream limit reached", conn.id)),
     }
 }
 

@@ -34,13 +34,12 @@ use uuid::Uuid;
 use crate::Shared;
 use crate::error::ProxyError;
 use crate::request::{EyeballHead, ResponseError, build_connect_request, response_head};
+use crate::transport::{open_quic_stream, quic_candidates};
 
 /// Buffer per direction while splicing (bounds memory per connection).
 const SPLICE_BUF: usize = 64 * 1024;
 /// Read size for a refused upgrade's response body.
 const BODY_CHUNK: usize = 64 * 1024;
-/// How many connections an upgrade may try to open a stream on.
-const MAX_OPEN_ATTEMPTS: usize = 3;
 
 type ProxyBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
@@ -169,18 +168,13 @@ pub(crate) async fn proxy_websocket(
 
     let mut last_err = String::from("no connection tried");
     let mut opened = None;
-    for (c, quic) in candidates
-        .iter()
-        .filter_map(|c| c.conn.quic().map(|q| (c, q)))
-        .take(MAX_OPEN_ATTEMPTS)
-    {
-        match tokio::time::timeout(shared.tuning.open_stream_timeout, quic.open_bi()).await {
-            Ok(Ok(s)) => {
+    for (c, quic) in quic_candidates(&candidates) {
+        match open_quic_stream(c, quic, shared.tuning.open_stream_timeout).await {
+            Ok(s) => {
                 opened = Some(s);
                 break;
             }
-            Ok(Err(e)) => last_err = format!("connection {}: {e}", c.id),
-            Err(_) => last_err = format!("connection {}: stream limit reached", c.id),
+            Err(e) => last_err = e,
         }
     }
     let Some((mut send, mut recv)) = opened else {
