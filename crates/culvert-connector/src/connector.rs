@@ -580,7 +580,15 @@ fn endpoint_for(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let ep = quinn::Endpoint::client(bind).map_err(ConnectorError::Endpoint)?;
+    let socket = std::net::UdpSocket::bind(bind).map_err(ConnectorError::Endpoint)?;
+    // As quic-go (cloudflared) does: the kernel's default buffers drop
+    // packets at loopback and LAN rates, and each drop halves the window.
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(crate::tls::UDP_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(crate::tls::UDP_SOCKET_BUFFER);
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let ep = quinn::Endpoint::new(Default::default(), None, socket, runtime)
+        .map_err(ConnectorError::Endpoint)?;
     *slot = Some(ep.clone());
     Ok(ep)
 }

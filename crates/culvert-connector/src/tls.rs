@@ -86,6 +86,10 @@ pub fn edge_tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Co
     Ok(cfg)
 }
 
+/// UDP socket buffer size asked for on the QUIC socket (quic-go's 7 MiB;
+/// the kernel caps it at `net.core.{r,w}mem_max`).
+pub const UDP_SOCKET_BUFFER: usize = 7 << 20;
+
 /// QUIC transport limits. Bounded: the connection-level receive window caps
 /// what the edge can make us buffer across all streams of one connection.
 pub fn edge_transport_config() -> quinn::TransportConfig {

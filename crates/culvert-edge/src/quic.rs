@@ -88,11 +88,33 @@ pub(crate) fn bind(
     server.transport_config(Arc::new(transport));
     // Bounds the handshakes queued before `accept` sees them.
     server.max_incoming(tuning.max_quic_connections.clamp(1, 65_536));
-    quinn::Endpoint::server(server, addr).map_err(|e| EdgeError::Bind {
+    let bind_err = |source| EdgeError::Bind {
         what: "QUIC",
         addr,
-        source: e,
-    })
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+    enlarge_socket_buffers(&socket);
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(Default::default(), Some(server), socket, runtime).map_err(bind_err)
+}
+
+/// What quic-go (cloudflared's QUIC stack) asks for: the kernel default
+/// (about 200 KiB) overflows within a millisecond at a few Gbit/s, and
+/// every drop halves the sender's congestion window.
+const UDP_SOCKET_BUFFER: usize = 7 << 20;
+
+/// Raises both socket buffers towards [`UDP_SOCKET_BUFFER`]; the kernel
+/// caps the request at `net.core.{r,w}mem_max`, and a refusal only costs
+/// speed.
+fn enlarge_socket_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
+    }
 }
 
 /// Accepts connections until shutdown. Each handshake runs on the main

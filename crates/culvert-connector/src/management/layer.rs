@@ -25,9 +25,10 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{DynFilterFn, Filtered};
+use tracing_subscriber::filter::DynFilterFn;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -128,13 +129,24 @@ impl LogHub {
 }
 
 /// The layer to add to the process's subscriber.
-pub fn layer<S>() -> Filtered<ManagementLayer, DynFilterFn<S>, S>
+pub fn layer<S>() -> impl Layer<S> + Send + Sync
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    ManagementLayer.with_filter(DynFilterFn::new(|meta: &Metadata<'_>, _| {
+    let filter = DynFilterFn::new(|meta: &Metadata<'_>, _| {
         meta.target().starts_with(TARGET_PREFIX) && hub().is_active()
-    }))
+    })
+    // Other crates' callsites are never ours: saying so once per callsite
+    // keeps their trace spans (quinn opens one per packet) from being
+    // built at all, instead of asking this filter every time.
+    .with_callsite_filter(|meta: &Metadata<'_>| {
+        if meta.target().starts_with(TARGET_PREFIX) {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    });
+    ManagementLayer.with_filter(filter)
 }
 
 /// A span around one proxied HTTP request; the layer reports it when it
