@@ -76,7 +76,10 @@ async fn run_tunnel(s: &TestServer, dir: &Path, args: &[&str], poll: Duration) -
     let cancel = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     // No default directories: only what the test names.
-    let paths = SearchPaths { dirs: Vec::new() };
+    let paths = SearchPaths {
+        dirs: Vec::new(),
+        credentials_dirs: Vec::new(),
+    };
     let task = tokio::spawn(run_tunnel_command_with(
         cmd,
         cancel.clone(),
