@@ -196,6 +196,9 @@ pub fn parse_grace_period(s: &str) -> Result<Duration, String> {
 pub struct SearchPaths {
     /// Directories searched for `config.yml` and `<UUID>.json`, in order.
     pub dirs: Vec<PathBuf>,
+    /// Searched for `<UUID>.json` only, before `dirs`: the origin
+    /// certificate's directory, where `tunnel create` writes credentials.
+    pub credentials_dirs: Vec<PathBuf>,
 }
 
 impl SearchPaths {
@@ -203,6 +206,7 @@ impl SearchPaths {
     pub fn default_paths() -> SearchPaths {
         SearchPaths {
             dirs: localconfig::default_config_dirs(localconfig::home_dir().as_deref()),
+            credentials_dirs: Vec::new(),
         }
     }
 }
@@ -262,6 +266,7 @@ pub fn resolve_identity(
             if let Some(c) = config {
                 search.push(c.dir());
             }
+            search.extend(paths.credentials_dirs.iter().cloned());
             search.extend(paths.dirs.iter().cloned());
             let explicit = config.and_then(LocalConfig::credentials_file);
             let path = localconfig::find_credentials(id, explicit.as_deref(), &search)?;
@@ -282,6 +287,22 @@ pub fn resolve_identity(
         tracing::warn!(tunnel = %id, credentials = %creds.tunnel_id, "the credentials file belongs to another tunnel; using its TunnelID");
     }
     Ok((creds.to_token(), TokenExtras::default()))
+}
+
+/// The tunnel that `--credentials-contents`, `--credentials-file` or the
+/// configuration's `credentials-file:` belong to, if they say (`TunnelID`).
+/// cloudflared's `findID` takes this before asking the API about a name.
+pub fn credentials_tunnel_id(run: &RunArgs, config: Option<&LocalConfig>) -> Option<uuid::Uuid> {
+    let json = match (&run.credentials_contents, &run.credentials_file) {
+        (Some(c), _) => c.clone(),
+        (None, Some(path)) => localconfig::read_small(path, "credentials file").ok()?,
+        (None, None) => {
+            let path = config?.credentials_file()?;
+            localconfig::read_small(&path, "credentials file").ok()?
+        }
+    };
+    let creds = Credentials::from_json(&json).ok()?;
+    (!creds.tunnel_id.is_nil()).then_some(creds.tunnel_id)
 }
 
 /// A tunnel named on the command line or in `tunnel:`: a UUID. Names need
@@ -577,6 +598,11 @@ async fn shutdown_signal() {
 /// Runs `culvert tunnel …` until SIGINT/SIGTERM (graceful: unregister,
 /// drain for the grace period; a second signal exits at once).
 pub async fn run_tunnel_command(cmd: TunnelCommand) -> anyhow::Result<()> {
+    run_tunnel_command_in(cmd, SearchPaths::default_paths()).await
+}
+
+/// [`run_tunnel_command`] with explicit search directories.
+pub async fn run_tunnel_command_in(cmd: TunnelCommand, paths: SearchPaths) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -587,7 +613,14 @@ pub async fn run_tunnel_command(cmd: TunnelCommand) -> anyhow::Result<()> {
         tracing::warn!("second signal: exiting immediately");
         std::process::exit(1);
     });
-    run_tunnel_command_until(cmd, shutdown).await
+    run_tunnel_command_with(
+        cmd,
+        shutdown,
+        paths,
+        localconfig::DEFAULT_POLL_INTERVAL,
+        None,
+    )
+    .await
 }
 
 /// [`run_tunnel_command`] with the caller's shutdown token instead of signals.
@@ -704,7 +737,10 @@ mod tests {
 
     /// `connector_config` without the machine's default directories.
     fn cc(t: &TunnelCommand) -> Result<ConnectorConfig, ConnectorError> {
-        let paths = SearchPaths { dirs: Vec::new() };
+        let paths = SearchPaths {
+            dirs: Vec::new(),
+            credentials_dirs: Vec::new(),
+        };
         let local = load_local_config(&t.options, &paths)?;
         connector_config_with(&t.options, run_of(t), local.as_ref(), &paths)
     }
@@ -889,6 +925,30 @@ mod tests {
         assert!(cc(&t).is_err());
     }
 
+    #[test]
+    fn credentials_name_their_tunnel_and_credentials_dirs_are_searched() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join(format!("{ID}.json"));
+        std::fs::write(&creds, CREDS).unwrap();
+        let p = creds.to_str().unwrap();
+        let t = parse(&["--edge", "e:1", "run", "--credentials-file", p, "a-name"]).unwrap();
+        assert_eq!(
+            credentials_tunnel_id(run_of(&t), None).map(|u| u.to_string()),
+            Some(ID.to_owned())
+        );
+        let t = parse(&["--edge", "e:1", "run", "a-name"]).unwrap();
+        assert_eq!(credentials_tunnel_id(run_of(&t), None), None);
+        // `<UUID>.json` in a credentials directory (the origin certificate's).
+        let t = parse(&["--edge", "e:1", "run", ID]).unwrap();
+        let paths = SearchPaths {
+            dirs: Vec::new(),
+            credentials_dirs: vec![dir.path().to_owned()],
+        };
+        let c = connector_config_with(&t.options, run_of(&t), None, &paths).unwrap();
+        assert_eq!(c.token.tunnel_id.to_string(), ID);
+        assert!(cc(&t).is_err(), "not found without that directory");
+    }
+
     fn output(f: impl FnOnce(&mut Vec<u8>) -> anyhow::Result<()>) -> (String, Result<(), String>) {
         let mut out = Vec::new();
         let r = f(&mut out).map_err(|e| e.to_string());
@@ -905,7 +965,10 @@ mod tests {
         )
         .unwrap();
         let c = cfg.to_str().unwrap();
-        let paths = SearchPaths { dirs: Vec::new() };
+        let paths = SearchPaths {
+            dirs: Vec::new(),
+            credentials_dirs: Vec::new(),
+        };
         let t = parse(&["--config", c, "ingress", "validate"]).unwrap();
         let (out, r) = output(|o| ingress_validate(&t.options, &paths, o));
         assert_eq!(out, format!("Validating rules from {c}\nOK\n"));

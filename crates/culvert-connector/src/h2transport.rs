@@ -11,10 +11,12 @@
 //!   [`crate::orchestrator::Orchestrator`], answered with
 //!   `{"lastAppliedVersion":N,"err":…}`;
 //! - plain HTTP: routed and proxied by [`crate::proxy::serve_http`] (shared
-//!   with QUIC); the origin's headers go back serialised in
-//!   `cf-cloudflared-response-headers` ([`response_headers`]);
+//!   with QUIC, TCP/TLS and `unix:` origins alike); the origin's headers go
+//!   back serialised in `cf-cloudflared-response-headers`
+//!   ([`response_headers`]);
 //! - `websocket`: the origin's 101 becomes 200 and the bodies carry the raw
-//!   frames both ways ([`websocket`]);
+//!   frames both ways ([`websocket`]; origins reached through
+//!   [`crate::stream_origin::HttpTarget`], as over QUIC);
 //! - TCP (private routing, `Cf-Cloudflared-Proxy-Src`): `:authority` is
 //!   dialled when `warp-routing` is enabled; 200, then raw bytes
 //!   ([`tcp_flow`]).
@@ -55,12 +57,12 @@ use crate::connector::{AttemptFailure, Shared, UNREGISTER_LINGER, resolve};
 use crate::error::ConnectorError;
 use crate::identity::register_params;
 use crate::origin::BoxError;
-use crate::origin::Origin;
 use crate::proxy::{
     HttpOutcome, ProxyContext, ResponseBody, build_origin_request, canonical_header_key, dest_path,
     serve_http,
 };
 use crate::rpc::register;
+use crate::stream_origin::HttpTarget;
 use crate::tls::edge_tls_config;
 
 /// SNI and verified name of the HTTP/2 edge.
@@ -486,13 +488,13 @@ async fn websocket(
     if let Some((host, port)) = crate::stream_origin::stream_target(&rule.service) {
         return tcp_service(&head, rule, &host, port, req, token).await;
     }
-    let Origin::Http(http) = origin else {
+    let Some(http) = HttpTarget::of(&origin) else {
         tracing::debug!(dest = %head.dest, "websocket to a service that is not HTTP");
         return connector_error(StatusCode::BAD_GATEWAY);
     };
     let mut origin_req = match build_origin_request(
         &head,
-        &http.url,
+        http.url(),
         rule,
         ctx.proxy.connector_id,
         empty_body_for_origin(),
@@ -506,10 +508,10 @@ async fn websocket(
     let h = origin_req.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let mut resp = match http.client.request(origin_req).await {
+    let mut resp = match http.request(origin_req).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(url = %http.url, error = %e, "websocket origin unreachable");
+            tracing::warn!(origin = %http.name(), error = %e, "websocket origin unreachable");
             return connector_error(StatusCode::BAD_GATEWAY);
         }
     };

@@ -433,46 +433,75 @@ pub async fn serve_http(
         Origin::Unsupported(service) => HttpOutcome::Error(format!(
             "service {service} cannot serve HTTP requests in this connector yet"
         )),
-        // The QUIC path serves unix: origins before reaching here.
-        Origin::Unix(unix) => HttpOutcome::Error(format!(
-            "unix socket origin {} is served over QUIC only",
-            unix.path().display()
-        )),
         Origin::Http(http) => {
-            let url = &http.url;
-            let body = if head.has_body() {
-                body
-            } else {
-                drop(body);
-                empty_body()
-            };
-            let origin_req = match build_origin_request(head, url, rule, ctx.connector_id, body) {
+            let origin_req = match origin_request(ctx, head, &http.url, rule, body) {
                 Ok(r) => r,
                 Err(e) => return HttpOutcome::Error(e),
             };
-            match http.send(origin_req).await {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    HttpOutcome::Response(
-                        response_head(parts.status.as_u16(), &parts.headers),
-                        ResponseBody::Origin(body),
-                    )
-                }
-                Err(crate::origin::SendError::Forbidden(why)) => {
-                    tracing::info!(host = %head.host, %why, "request refused by originRequest.access");
-                    let forbidden = HttpResponseHead {
-                        status: 403,
-                        headers: Vec::new(),
-                        extra: Vec::new(),
-                    };
-                    HttpOutcome::Response(forbidden, ResponseBody::Empty)
-                }
-                Err(e) => {
-                    let msg = format!("unable to reach the origin service {url}: {e}");
-                    tracing::warn!(host = %head.host, error = %msg, "origin request failed");
-                    HttpOutcome::Error(msg)
-                }
-            }
+            let sent = http.send(origin_req).await;
+            origin_outcome(head, http.url.as_str(), sent)
+        }
+        // A socket dialled per request, whichever transport carries it.
+        Origin::Unix(unix) => {
+            let origin_req = match origin_request(ctx, head, unix.url(), rule, body) {
+                Ok(r) => r,
+                Err(e) => return HttpOutcome::Error(e),
+            };
+            let sent = unix
+                .request(origin_req)
+                .await
+                .map_err(crate::origin::SendError::Origin);
+            origin_outcome(head, &unix.service_name(), sent)
+        }
+    }
+}
+
+/// The request for an HTTP-speaking origin at `url`; `body` goes along
+/// only when the head says there is one.
+fn origin_request(
+    ctx: &ProxyContext,
+    head: &HttpRequestHead,
+    url: &url::Url,
+    rule: &Rule,
+    body: OriginBody,
+) -> Result<hyper::Request<OriginBody>, String> {
+    let body = if head.has_body() {
+        body
+    } else {
+        drop(body);
+        empty_body()
+    };
+    build_origin_request(head, url, rule, ctx.connector_id, body)
+}
+
+/// What an origin's answer (or failure to answer) becomes; `service`
+/// names the origin in the error.
+fn origin_outcome(
+    head: &HttpRequestHead,
+    service: &str,
+    sent: Result<hyper::Response<hyper::body::Incoming>, crate::origin::SendError>,
+) -> HttpOutcome {
+    match sent {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            HttpOutcome::Response(
+                response_head(parts.status.as_u16(), &parts.headers),
+                ResponseBody::Origin(body),
+            )
+        }
+        Err(crate::origin::SendError::Forbidden(why)) => {
+            tracing::info!(host = %head.host, %why, "request refused by originRequest.access");
+            let forbidden = HttpResponseHead {
+                status: 403,
+                headers: Vec::new(),
+                extra: Vec::new(),
+            };
+            HttpOutcome::Response(forbidden, ResponseBody::Empty)
+        }
+        Err(e) => {
+            let msg = format!("unable to reach the origin service {service}: {e}");
+            tracing::warn!(host = %head.host, error = %msg, "origin request failed");
+            HttpOutcome::Error(msg)
         }
     }
 }
@@ -492,16 +521,6 @@ async fn proxy_http(
             return Ok(());
         }
     };
-    // unix: origins are dialled per request on the QUIC stream itself.
-    {
-        let snapshot = ctx.orchestrator.snapshot();
-        let (path, _) = dest_path(&head.dest);
-        let (_, rule, origin) = snapshot.route(&head.host, &path);
-        if let Origin::Unix(unix) = origin {
-            return crate::stream_origin::proxy_unix(ctx, &head, rule, &unix, initial, recv, send)
-                .await;
-        }
-    }
     let body = if head.has_body() {
         request_body(initial, recv)
     } else {

@@ -150,15 +150,10 @@ pub async fn serve_websocket(
     if let Some((host, port)) = stream_target(&rule.service) {
         return tcp_over_websocket(&head, rule, &host, port, initial, recv, send).await;
     }
+    if let Some(target) = HttpTarget::of(&origin) {
+        return websocket_to_http(ctx, &head, rule, target, initial, recv, send).await;
+    }
     match origin {
-        Origin::Http(http) => {
-            let target = HttpTarget::Pool(&http);
-            websocket_to_http(ctx, &head, rule, target, initial, recv, send).await
-        }
-        Origin::Unix(unix) => {
-            let target = HttpTarget::Unix(&unix);
-            websocket_to_http(ctx, &head, rule, target, initial, recv, send).await
-        }
         Origin::Status(code) => {
             let h = HttpResponseHead {
                 status: code,
@@ -274,21 +269,32 @@ pub enum HttpTarget<'a> {
 }
 
 impl HttpTarget<'_> {
-    fn url(&self) -> &url::Url {
+    /// The HTTP-speaking origin of `origin`, if it is one.
+    pub fn of(origin: &Origin) -> Option<HttpTarget<'_>> {
+        match origin {
+            Origin::Http(h) => Some(HttpTarget::Pool(h)),
+            Origin::Unix(u) => Some(HttpTarget::Unix(u)),
+            _ => None,
+        }
+    }
+
+    pub fn url(&self) -> &url::Url {
         match self {
             HttpTarget::Pool(h) => &h.url,
             HttpTarget::Unix(u) => &u.url,
         }
     }
 
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
             HttpTarget::Pool(h) => h.url.to_string(),
             HttpTarget::Unix(u) => u.service_name(),
         }
     }
 
-    async fn request(
+    /// Sends `req` as is, without [`crate::origin::HttpOrigin::send`]'s
+    /// Access check or body framing.
+    pub async fn request(
         &self,
         req: hyper::Request<OriginBody>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
@@ -356,7 +362,14 @@ impl UnixOrigin {
         &self.path
     }
 
-    fn service_name(&self) -> String {
+    /// `http://localhost/` (`https://` for `unix+tls:`): what requests to
+    /// the socket are built against.
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// `unix:PATH` or `unix+tls:PATH`, for messages.
+    pub fn service_name(&self) -> String {
         let scheme = if self.tls.is_some() {
             "unix+tls"
         } else {
@@ -402,57 +415,6 @@ impl UnixOrigin {
         *req.uri_mut() = pq.parse().map_err(|e| format!("request path: {e}"))?;
         sender.send_request(req).await.map_err(|e| e.to_string())
     }
-}
-
-/// Serves an HTTP request from a `unix:` rule (the body streams as for TCP
-/// origins; the caller finishes the stream).
-pub async fn proxy_unix(
-    ctx: &ProxyContext,
-    head: &HttpRequestHead,
-    rule: &Rule,
-    unix: &UnixOrigin,
-    initial: Bytes,
-    recv: quinn::RecvStream,
-    send: &mut quinn::SendStream,
-) -> Result<(), StreamError> {
-    let body = if head.has_body() {
-        crate::proxy::request_body(initial, recv)
-    } else {
-        drop(recv);
-        crate::proxy::empty_body()
-    };
-    let origin_req = match build_origin_request(head, &unix.url, rule, ctx.connector_id, body) {
-        Ok(r) => r,
-        Err(e) => {
-            send.write_all(&error_response(e).encode()).await?;
-            return Ok(());
-        }
-    };
-    let resp = match unix.request(origin_req).await {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = format!(
-                "unable to reach the origin service {}: {e}",
-                unix.service_name()
-            );
-            tracing::warn!(host = %head.host, error = %msg, "origin request failed");
-            send.write_all(&error_response(msg).encode()).await?;
-            return Ok(());
-        }
-    };
-    let (parts, mut body) = resp.into_parts();
-    write_resp(
-        send,
-        &crate::proxy::response_head(parts.status.as_u16(), &parts.headers),
-    )
-    .await?;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(StreamError::OriginBody)?;
-        if let Ok(data) = frame.into_data() {
-            send.write_all(&data).await?;
-        }
-    }
-    Ok(())
 }
 
 fn io_err(e: std::io::Error) -> StreamError {

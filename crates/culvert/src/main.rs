@@ -485,6 +485,40 @@ async fn run_admin(store: StoreArgs, command: AdminCommand) -> Result<()> {
     Ok(())
 }
 
+/// `tunnel run NAME` (or `tunnel: NAME` in the configuration file): turns
+/// the name into the tunnel's UUID as cloudflared's `findID` does, from the
+/// credentials if they carry a `TunnelID`, else through the API with the
+/// origin certificate. The credentials file then goes by UUID.
+async fn resolve_run_tunnel(
+    options: &culvert_connector::cli::TunnelOptions,
+    manage: &culvert_cli::ManagementOptions,
+    paths: &culvert_connector::cli::SearchPaths,
+    run: &mut culvert_connector::cli::RunArgs,
+) -> Result<(), culvert_cli::CliError> {
+    use culvert_connector::cli::{credentials_tunnel_id, load_local_config};
+    if run.token.is_some() || run.token_file.is_some() {
+        return Ok(());
+    }
+    // An unreadable configuration is reported when the tunnel starts.
+    let local = load_local_config(options, paths).ok().flatten();
+    let Some(name) = run
+        .tunnel
+        .clone()
+        .or_else(|| local.as_ref().and_then(|c| c.tunnel()))
+    else {
+        return Ok(());
+    };
+    if uuid::Uuid::parse_str(name.trim()).is_ok() {
+        return Ok(());
+    }
+    let id = match credentials_tunnel_id(run, local.as_ref()) {
+        Some(id) => id,
+        None => culvert_cli::resolve_tunnel(manage, &name).await?,
+    };
+    run.tunnel = Some(id.to_string());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse_from(culvert_cli::expand_cloudflared_aliases(std::env::args_os()));
@@ -498,23 +532,27 @@ async fn main() -> Result<()> {
             command,
         }) => match command {
             TunnelCliCommand::Connector(mut command) => {
-                // `tunnel run NAME`: cloudflared looks the name up with the
-                // origin certificate; the credentials file then goes by UUID.
-                if let culvert_connector::cli::TunnelSubcommand::Run(run) = &mut command
-                    && run.token.is_none()
-                    && run.token_file.is_none()
-                    && let Some(name) = run.tunnel.as_mut()
-                    && uuid::Uuid::parse_str(name).is_err()
-                {
-                    match culvert_cli::resolve_tunnel(&manage, name).await {
-                        Ok(id) => *name = id.to_string(),
-                        Err(e) => return run_cli(async { Err(e) }).await,
+                use culvert_connector::cli::{
+                    self as connector_cli, SearchPaths, TunnelSubcommand,
+                };
+                let mut paths = SearchPaths::default_paths();
+                if let TunnelSubcommand::Run(run) = &mut command {
+                    if let Err(e) = resolve_run_tunnel(&options, &manage, &paths, run).await {
+                        return run_cli(async { Err(e) }).await;
+                    }
+                    // cloudflared also looks for `<UUID>.json` beside the
+                    // origin certificate, where `tunnel create` writes it.
+                    if let Ok(cert) =
+                        culvert_cli::cert::find_cert_path(manage.origincert.as_deref())
+                        && let Some(dir) = cert.parent()
+                    {
+                        paths.credentials_dirs.push(dir.to_path_buf());
                     }
                 }
-                culvert_connector::cli::run_tunnel_command(culvert_connector::cli::TunnelCommand {
-                    options,
-                    command,
-                })
+                connector_cli::run_tunnel_command_in(
+                    connector_cli::TunnelCommand { options, command },
+                    paths,
+                )
                 .await
             }
             TunnelCliCommand::Manage(command) => {

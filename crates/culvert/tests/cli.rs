@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/origin.rs"]
 mod origin;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -102,6 +104,74 @@ impl User {
             args.extend(["--zone", z]);
         }
         self.ok(&args).await;
+    }
+
+    /// `culvert tunnel --edge … --cacert … ARGS` in the background, dialling
+    /// the in-process edge; its log goes to a file in HOME (a pipe nobody
+    /// reads could fill and stall it).
+    fn connector(&self, s: &TestServer, args: &[&str]) -> ConnectorProcess {
+        let server = s.server.as_ref().unwrap();
+        let ca = self.home.path().join("edge-ca.pem");
+        std::fs::write(&ca, &server.edge_ca_pem).unwrap();
+        let edge = server.edge_addr.to_string();
+        let mut argv = vec!["tunnel", "--edge", &edge, "--cacert", ca.to_str().unwrap()];
+        argv.extend(args);
+        let log = self.home.path().join("connector.log");
+        let child = self
+            .command(&argv)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        ConnectorProcess { child, log }
+    }
+}
+
+/// A `culvert tunnel … run` child process (killed on drop).
+struct ConnectorProcess {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl ConnectorProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls the API until tunnel `id` lists one connector with `conns`
+    /// connections; returns it. Fails at once, with the log, if the process
+    /// exits first.
+    async fn wait_registered(&mut self, s: &TestServer, id: &str, conns: usize) -> Value {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the connector exited ({status}):\n{}", self.log());
+            }
+            let listed = tunnel::connections(s, id).await;
+            if let [one] = listed.as_slice()
+                && one["conns"].as_array().is_some_and(|c| c.len() == conns)
+            {
+                return one.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the connector never registered:\n{}", self.log());
+    }
+
+    /// SIGTERM, as an operator stops it: the connector unregisters, so the
+    /// next one is the only one listed. Killed if it takes over 10 s.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
     }
 }
 
@@ -577,17 +647,10 @@ async fn walkthrough_with_a_running_connector() {
         .await;
 
     let server = s.server.as_ref().unwrap();
-    let ca = u.home.path().join("edge-ca.pem");
-    std::fs::write(&ca, &server.edge_ca_pem).unwrap();
     let creds = u.home.path().join(format!(".culvert/{id}.json"));
-    let edge = server.edge_addr.to_string();
-    let mut connector = u
-        .command(&[
-            "tunnel",
-            "--edge",
-            &edge,
-            "--cacert",
-            ca.to_str().unwrap(),
+    let connector = u.connector(
+        &s,
+        &[
             "--ha-connections",
             "2",
             "--grace-period",
@@ -595,11 +658,8 @@ async fn walkthrough_with_a_running_connector() {
             "run",
             "--credentials-file",
             creds.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    );
 
     // Wait until both connections registered.
     let mut info = String::new();
@@ -671,8 +731,7 @@ async fn walkthrough_with_a_running_connector() {
     let o = u.ok(&["tunnel", "delete", "-f", "app"]).await;
     assert!(o.stdout.contains("Deleted tunnel app"), "{o:?}");
     assert!(!creds.exists());
-    let _ = connector.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(10), connector.wait()).await;
+    connector.stop().await;
     s.stop().await;
 }
 
@@ -764,4 +823,133 @@ async fn permission_errors_are_reported() {
     s.stop().await;
     let o = u.fails(&["tunnel", "list", "--api-url", &base]).await;
     assert!(o.stderr.contains("cannot reach the API"), "{o:?}");
+}
+
+/// `culvert tunnel run NAME`: the name resolves through the API with
+/// cert.pem, then the credentials are the `<UUID>.json` that `tunnel create`
+/// wrote beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_by_name() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let u = User::new();
+    u.login(&s, None).await;
+    u.ok(&["tunnel", "create", "by-name"]).await;
+    let id = tunnel_by_name(&s, "by-name").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(u.home.path().join(format!(".culvert/{id}.json")).is_file());
+
+    let mut c = u.connector(
+        &s,
+        &[
+            "--ha-connections",
+            "2",
+            "--grace-period",
+            "0s",
+            "run",
+            "by-name",
+        ],
+    );
+    let listed = c.wait_registered(&s, &id, 2).await;
+    assert!(
+        listed["id"].as_str().is_some_and(|i| !i.is_empty()),
+        "{listed}"
+    );
+    c.stop().await;
+
+    // `tunnel: NAME` in the configuration file resolves the same way.
+    let cfg = u.home.path().join("by-name.yml");
+    std::fs::write(&cfg, "tunnel: by-name\n").unwrap();
+    let mut c = u.connector(
+        &s,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--ha-connections",
+            "1",
+            "--grace-period",
+            "0s",
+            "run",
+        ],
+    );
+    c.wait_registered(&s, &id, 1).await;
+    c.stop().await;
+
+    // A name nobody has: a clear error before any connection is attempted.
+    let o = u
+        .fails(&[
+            "tunnel",
+            "--edge",
+            &s.server.as_ref().unwrap().edge_addr.to_string(),
+            "run",
+            "no-such-tunnel",
+        ])
+        .await;
+    assert!(
+        o.stderr
+            .contains("no-such-tunnel is neither the ID nor the name of any of your tunnels"),
+        "{o:?}"
+    );
+    s.stop().await;
+}
+
+/// As cloudflared: with --origincert elsewhere, `tunnel create` writes
+/// `<UUID>.json` beside that certificate and `tunnel run NAME` finds it
+/// there; with --credentials-file the name needs neither API nor cert.pem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_by_name_finds_credentials_as_cloudflared_does() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let u = User::new();
+    let cert = u.home.path().join("elsewhere/cert.pem");
+    let cert = cert.to_str().unwrap();
+    u.ok(&[
+        "login",
+        "--api-url",
+        &s.base,
+        "--token",
+        &s.token,
+        "--origincert",
+        cert,
+    ])
+    .await;
+    u.ok(&["tunnel", "--origincert", cert, "create", "elsewhere"])
+        .await;
+    let id = tunnel_by_name(&s, "elsewhere").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let creds = u.home.path().join(format!("elsewhere/{id}.json"));
+    assert!(creds.is_file());
+
+    let mut c = u.connector(
+        &s,
+        &[
+            "--origincert",
+            cert,
+            "--grace-period",
+            "0s",
+            "run",
+            "elsewhere",
+        ],
+    );
+    c.wait_registered(&s, &id, 1).await;
+    c.stop().await;
+
+    // No cert.pem at all: the credentials file says which tunnel it is.
+    let other = User::new();
+    let mut c = other.connector(
+        &s,
+        &[
+            "--grace-period",
+            "0s",
+            "run",
+            "--credentials-file",
+            creds.to_str().unwrap(),
+            "elsewhere",
+        ],
+    );
+    c.wait_registered(&s, &id, 1).await;
+    c.stop().await;
+    s.stop().await;
 }

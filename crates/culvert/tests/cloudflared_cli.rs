@@ -12,20 +12,20 @@
 //! exactly `application/json`.
 
 mod common;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, TestServer};
-use culvert_connector::connector::{Connector, ConnectorConfig, ConnectorState};
+use common::{Backend, TestServer, eventually};
 use culvert_proto::TunnelToken;
 use reqwest::Method;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
+use tunnel::{ConnectorOptions, start_connector};
 use uuid::Uuid;
 
 /// `cfapi.response`.
@@ -185,20 +185,44 @@ fn code(r: &GoResponse) -> i64 {
     r.errors[0].code.as_i64().unwrap()
 }
 
+/// A request cloudflared sends expecting success (HTTP 200).
+async fn cloudflared_ok(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> GoResponse {
+    let (status, r) = cloudflared(s, method, path, body).await;
+    assert_eq!(status, 200, "{path}: {:?}", r.errors);
+    r
+}
+
+/// A request that must fail with this HTTP status and error code.
+async fn cloudflared_fails(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    want: (u16, i64),
+) -> GoResponse {
+    let (status, r) = cloudflared(s, method, path, body).await;
+    assert_eq!((status, code(&r)), want, "{path}");
+    r
+}
+
 /// cloudflared's `fetchExhaustively`: pages until a short page or `total_count`.
 async fn list_all(s: &TestServer, query: &str) -> (Vec<GoTunnel>, usize) {
     let mut all = Vec::new();
     let mut page = 0;
     loop {
         page += 1;
-        let (status, r) = cloudflared(
+        let r = cloudflared_ok(
             s,
             Method::GET,
             &s.acct(&format!("/cfd_tunnel?{query}&page={page}")),
             None,
         )
         .await;
-        assert_eq!(status, 200);
         let items: Vec<GoTunnel> = result(&r);
         assert_eq!(items.len() as i64, r.result_info.count);
         all.extend(items);
@@ -212,30 +236,11 @@ async fn list_all(s: &TestServer, query: &str) -> (Vec<GoTunnel>, usize) {
     (all, page)
 }
 
-struct RunningConnector {
-    state: Arc<ConnectorState>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), culvert_connector::error::ConnectorError>>,
-}
-
-fn start_connector(s: &TestServer, token: &str) -> RunningConnector {
-    let server = s.server.as_ref().unwrap();
-    let mut cfg = ConnectorConfig::new(
-        TunnelToken::decode(token).unwrap(),
-        vec![server.edge_addr.to_string()],
-    );
-    cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
-    cfg.ha_connections = 2;
-    cfg.grace_period = Duration::ZERO;
-    let connector = Connector::new(cfg).unwrap();
-    let state = connector.state();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(connector.run(cancel.clone()));
-    RunningConnector {
-        state,
-        cancel,
-        task,
-    }
+/// The tunnels [`list_all`] finds for `query`, which must be `n`.
+async fn listed(s: &TestServer, query: &str, n: usize) -> Vec<GoTunnel> {
+    let (all, _) = list_all(s, query).await;
+    assert_eq!(all.len(), n, "tunnels listed for {query}");
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,14 +250,13 @@ async fn cloudflared_tunnel_subcommands_parse_culverts_answers() {
     // `tunnel create NAME`: {"name","tunnel_secret"} → TunnelWithToken.
     let secret = [9u8; 32];
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, secret);
-    let (status, r) = cloudflared(
+    let r = cloudflared_ok(
         &s,
         Method::POST,
         &s.acct("/cfd_tunnel"),
         Some(json!({"name": "cfd", "tunnel_secret": b64})),
     )
     .await;
-    assert_eq!(status, 200);
     let created: GoTunnel = result(&r);
     assert_eq!(created.name, "cfd");
     assert!(created.deleted_at.is_none());
@@ -262,34 +266,32 @@ async fn cloudflared_tunnel_subcommands_parse_culverts_answers() {
     assert_eq!(token.secret, secret);
     let id = created.id;
     // Later cloudflared versions also send config_src "local".
-    let (status, _) = cloudflared(
+    cloudflared_ok(
         &s,
         Method::POST,
         &s.acct("/cfd_tunnel"),
         Some(json!({"name": "cfd2", "tunnel_secret": b64, "config_src": "local"})),
     )
     .await;
-    assert_eq!(status, 200);
     // Duplicate name: 409 (cloudflared's ErrTunnelNameConflict), code 1013.
-    let (status, r) = cloudflared(
+    cloudflared_fails(
         &s,
         Method::POST,
         &s.acct("/cfd_tunnel"),
         Some(json!({"name": "cfd", "tunnel_secret": b64})),
+        (409, 1013),
     )
     .await;
-    assert_eq!((status, code(&r)), (409, 1013));
 
     // `tunnel list` and name resolution: is_deleted=false, name, name_prefix, …
     for i in 0..23 {
-        let (status, _) = cloudflared(
+        cloudflared_ok(
             &s,
             Method::POST,
             &s.acct("/cfd_tunnel"),
             Some(json!({"name": format!("bulk-{i:02}"), "tunnel_secret": b64})),
         )
         .await;
-        assert_eq!(status, 200);
     }
     let (all, pages) = list_all(&s, "is_deleted=false").await;
     assert_eq!((all.len(), pages), (25, 2), "default per_page 20");
@@ -299,27 +301,26 @@ async fn cloudflared_tunnel_subcommands_parse_culverts_answers() {
         (25, 5),
         "the last page is full: total_count ends it"
     );
-    let (hit, _) = list_all(&s, "is_deleted=false&name=cfd").await;
-    assert_eq!(hit.len(), 1);
+    let hit = listed(&s, "is_deleted=false&name=cfd", 1).await;
     assert_eq!(hit[0].id, id);
-    let (hit, _) = list_all(&s, "is_deleted=false&name_prefix=bulk-1").await;
-    assert_eq!(hit.len(), 10);
-    let (hit, _) = list_all(&s, "is_deleted=false&exclude_prefix=bulk").await;
-    assert_eq!(hit.len(), 2);
-    let (hit, _) = list_all(&s, &format!("is_deleted=false&uuid={id}")).await;
-    assert_eq!(hit.len(), 1);
-    let (hit, _) = list_all(&s, "is_deleted=false&existed_at=2000-01-01T00%3A00%3A00Z").await;
-    assert!(hit.is_empty());
+    listed(&s, "is_deleted=false&name_prefix=bulk-1", 10).await;
+    listed(&s, "is_deleted=false&exclude_prefix=bulk", 2).await;
+    listed(&s, &format!("is_deleted=false&uuid={id}"), 1).await;
+    listed(
+        &s,
+        "is_deleted=false&existed_at=2000-01-01T00%3A00%3A00Z",
+        0,
+    )
+    .await;
 
     // `tunnel token`: result is the token string.
-    let (status, r) = cloudflared(
+    let r = cloudflared_ok(
         &s,
         Method::GET,
         &s.acct(&format!("/cfd_tunnel/{id}/token")),
         None,
     )
     .await;
-    assert_eq!(status, 200);
     let t: String = result(&r);
     assert_eq!(TunnelToken::decode(&t).unwrap().secret, secret);
 
@@ -329,64 +330,53 @@ async fn cloudflared_tunnel_subcommands_parse_culverts_answers() {
         .create_zone(&s.account, "example.com")
         .await
         .unwrap();
-    let route = |host: &'static str, overwrite: bool| {
+    let route = |host: &'static str, want: (&'static str, &'static str)| {
         let s = &s;
         let path = format!("/zones/{}/tunnels/{id}/routes", zone.id);
         async move {
-            cloudflared(
+            let r = cloudflared_ok(
                 s,
                 Method::PUT,
                 &path,
-                Some(
-                    json!({"type": "dns", "user_hostname": host, "overwrite_existing": overwrite}),
-                ),
+                Some(json!({"type": "dns", "user_hostname": host, "overwrite_existing": false})),
             )
-            .await
+            .await;
+            let rr: GoDnsRouteResult = result(&r);
+            assert_eq!((rr.cname.as_str(), rr.name.as_str()), want, "{host}");
         }
     };
-    let (status, r) = route("cfd.example.com", false).await;
-    assert_eq!(status, 200);
-    let rr: GoDnsRouteResult = result(&r);
-    assert_eq!(
-        (rr.cname.as_str(), rr.name.as_str()),
-        ("new", "cfd.example.com")
-    );
-    let (_, r) = route("cfd", false).await;
-    let rr: GoDnsRouteResult = result(&r);
-    assert_eq!(
-        (rr.cname.as_str(), rr.name.as_str()),
-        ("unchanged", "cfd.example.com")
-    );
+    route("cfd.example.com", ("new", "cfd.example.com")).await;
+    route("cfd", ("unchanged", "cfd.example.com")).await;
 
     // A live connector, so that `info`, `cleanup` and `delete` see connections.
-    let c = start_connector(&s, created.token.as_deref().unwrap());
-    tokio::time::timeout(Duration::from_secs(20), c.state.wait_ready(2))
-        .await
-        .expect("connector registered");
+    let c = start_connector(
+        &s,
+        created.token.as_deref().unwrap(),
+        ConnectorOptions {
+            grace_period: Duration::ZERO,
+            ..ConnectorOptions::ha(2)
+        },
+    );
+    c.wait_ready(2).await;
 
     // `tunnel info`: GET the tunnel, then its connections as ActiveClients.
-    let (status, r) =
-        cloudflared(&s, Method::GET, &s.acct(&format!("/cfd_tunnel/{id}")), None).await;
-    assert_eq!(status, 200);
+    let r = cloudflared_ok(&s, Method::GET, &s.acct(&format!("/cfd_tunnel/{id}")), None).await;
     let got: GoTunnel = result(&r);
     assert_eq!((got.id, got.name.as_str()), (id, "cfd"));
     assert!(got.created_at <= OffsetDateTime::now_utc());
-    let mut clients: Vec<GoActiveClient> = Vec::new();
-    for _ in 0..100 {
-        let (status, r) = cloudflared(
-            &s,
-            Method::GET,
-            &s.acct(&format!("/cfd_tunnel/{id}/connections")),
-            None,
-        )
-        .await;
-        assert_eq!(status, 200);
-        clients = result(&r);
-        if clients.first().is_some_and(|c| c.conns.len() == 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let connections = s.acct(&format!("/cfd_tunnel/{id}/connections"));
+    let active_clients = || async {
+        let r = cloudflared_ok(&s, Method::GET, &connections, None).await;
+        result::<Vec<GoActiveClient>>(&r)
+    };
+    eventually("both connections listed", || async {
+        active_clients()
+            .await
+            .first()
+            .is_some_and(|c| c.conns.len() == 2)
+    })
+    .await;
+    let clients = active_clients().await;
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0].id, c.state.connector_id());
     assert_eq!(clients[0].conns.len(), 2);
@@ -396,72 +386,54 @@ async fn cloudflared_tunnel_subcommands_parse_culverts_answers() {
     }
 
     // `tunnel delete` without -f: cloudflared GETs, then DELETEs without a body.
-    let (status, r) = cloudflared(
+    let r = cloudflared_fails(
         &s,
         Method::DELETE,
         &s.acct(&format!("/cfd_tunnel/{id}")),
         None,
+        (400, 1022),
     )
     .await;
-    assert_eq!((status, code(&r)), (400, 1022));
     assert!(r.errors[0].message.contains("active connections"));
 
     // `tunnel cleanup --connector-id`: DELETE …/connections?client_id=, no body.
-    let (status, _) = cloudflared(
+    cloudflared_ok(
         &s,
         Method::DELETE,
-        &s.acct(&format!(
-            "/cfd_tunnel/{id}/connections?client_id={}",
-            clients[0].id
-        )),
+        &format!("{connections}?client_id={}", clients[0].id),
         None,
     )
     .await;
-    assert_eq!(status, 200);
     // `tunnel cleanup` of a whole tunnel.
-    let (status, _) = cloudflared(
-        &s,
-        Method::DELETE,
-        &s.acct(&format!("/cfd_tunnel/{id}/connections")),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    cloudflared_ok(&s, Method::DELETE, &connections, None).await;
 
     // `tunnel delete -f`: cascade=true, whatever the connector does meanwhile.
-    let (status, _) = cloudflared(
+    cloudflared_ok(
         &s,
         Method::DELETE,
         &s.acct(&format!("/cfd_tunnel/{id}?cascade=true")),
         None,
     )
     .await;
-    assert_eq!(status, 200);
-    c.cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), c.task).await;
+    c.stop().await;
     // The deleted tunnel stays readable with deleted_at (cloudflared's
     // "has already been deleted" check) and leaves is_deleted=false lists.
     let (_, r) = cloudflared(&s, Method::GET, &s.acct(&format!("/cfd_tunnel/{id}")), None).await;
     let got: GoTunnel = result(&r);
     assert!(got.deleted_at.is_some());
-    let (hit, _) = list_all(&s, "is_deleted=false&name=cfd").await;
-    assert!(hit.is_empty());
-    let (hit, _) = list_all(&s, "name=cfd").await;
-    assert_eq!(
-        hit.len(),
-        1,
-        "without is_deleted, deleted tunnels are listed"
-    );
+    listed(&s, "is_deleted=false&name=cfd", 0).await;
+    // Without is_deleted, deleted tunnels are listed.
+    listed(&s, "name=cfd", 1).await;
 
     // Errors cloudflared decodes: unknown tunnel, bad token.
-    let (status, r) = cloudflared(
+    cloudflared_fails(
         &s,
         Method::GET,
         &s.acct(&format!("/cfd_tunnel/{}", Uuid::new_v4())),
         None,
+        (404, 1003),
     )
     .await;
-    assert_eq!((status, code(&r)), (404, 1003));
     let resp = s
         .client
         .get(s.url(&s.acct("/cfd_tunnel")))

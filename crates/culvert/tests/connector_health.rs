@@ -6,16 +6,17 @@
 mod common;
 #[path = "common/origin.rs"]
 mod origin;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Backend, TestServer, call};
-use culvert_connector::connector::{Connector, ConnectorConfig, TransportProtocol};
-use culvert_proto::TunnelToken;
-use reqwest::Method;
+use common::{Backend, TestServer, eventually, public};
+use culvert_connector::connector::{Connector, TransportProtocol};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tunnel::{ConnectorOptions, connector_config, create_tunnel, put_ingress};
 
 const HIST: &str = "culvert_tunnel_request_duration_seconds";
 
@@ -37,39 +38,28 @@ async fn run(protocol: TransportProtocol) {
         .unwrap()
         .local_addr()
         .unwrap();
-    let (status, body) = call(
-        s.req(Method::POST, &s.acct("/cfd_tunnel"))
-            .json(&json!({"name": "health", "config_src": "cloudflare"})),
+    let (id, token) = create_tunnel(&s, "health").await;
+    put_ingress(
+        &s,
+        &id,
+        json!([
+            {"hostname": "app.example.com", "service": format!("http://{}", origin.addr)},
+            {"hostname": "down.example.com", "service": format!("http://{closed}")},
+            {"service": "http_status:404"}
+        ]),
     )
     .await;
-    assert_eq!(status, 200);
-    let id = body["result"]["id"].as_str().unwrap().to_string();
-    let token = body["result"]["token"].as_str().unwrap().to_string();
-    let ingress: Value = json!([
-        {"hostname": "app.example.com", "service": format!("http://{}", origin.addr)},
-        {"hostname": "down.example.com", "service": format!("http://{closed}")},
-        {"service": "http_status:404"}
-    ]);
-    let (status, body) = call(
-        s.req(
-            Method::PUT,
-            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
-        )
-        .json(&json!({"config": {"ingress": ingress}})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
 
-    let server = s.server.as_ref().unwrap();
-    let mut cfg = ConnectorConfig::new(
-        TunnelToken::decode(&token).unwrap(),
-        vec![server.edge_addr.to_string()],
+    // Built here rather than with `start_connector`: the metrics server
+    // must be up before the connector runs.
+    let cfg = connector_config(
+        &s,
+        &token,
+        &ConnectorOptions {
+            protocol,
+            ..ConnectorOptions::ha(2)
+        },
     );
-    cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
-    cfg.ha_connections = 2;
-    cfg.registration_interval = Duration::from_millis(20);
-    cfg.grace_period = Duration::from_secs(1);
-    cfg.protocol = protocol;
     let connector = Connector::new(cfg).unwrap();
     let state = connector.state();
     let id_str = connector.connector_id().to_string();
@@ -102,23 +92,15 @@ async fn run(protocol: TransportProtocol) {
         json!({"status": 200, "readyConnections": 2, "connectorId": id_str})
     );
 
-    // Wait until the pushed ingress is applied.
-    let http = server.http_addr;
-    let public = |host: &str, path: &str| {
-        s.client
-            .get(format!("http://{http}{path}"))
-            .header("host", host)
-    };
-    let mut routed = false;
-    for _ in 0..200 {
-        let r = public("app.example.com", "/hello").send().await.unwrap();
-        if r.status() == 200 {
-            routed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(routed, "app.example.com never routed");
+    eventually("the pushed ingress routes app.example.com", || async {
+        public(&s, "app.example.com", "/hello")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
 
     let scrape = || {
         let client = client.clone();
@@ -139,13 +121,19 @@ async fn run(protocol: TransportProtocol) {
         }
     }
     for _ in 0..3 {
-        let r = public("app.example.com", "/hello").send().await.unwrap();
+        let r = public(&s, "app.example.com", "/hello")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "hello from origin");
     }
-    let r = public("app.example.com", "/missing").send().await.unwrap();
+    let r = public(&s, "app.example.com", "/missing")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = public("down.example.com", "/").send().await.unwrap();
+    let r = public(&s, "down.example.com", "/").send().await.unwrap();
     assert_eq!(r.status(), 502);
     let _ = r.bytes().await;
 

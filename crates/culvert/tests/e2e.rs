@@ -4,124 +4,22 @@
 mod common;
 #[path = "common/origin.rs"]
 mod origin;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::time::Duration;
 
-use common::{Backend, TestServer, call, code};
-use culvert_connector::connector::{Connector, ConnectorConfig, ConnectorState};
-use culvert_proto::TunnelToken;
+use common::{Backend, TestServer, call, code, eventually, public, public_with};
 use reqwest::Method;
-use serde_json::{Value, json};
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-
-struct RunningConnector {
-    state: Arc<ConnectorState>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), culvert_connector::error::ConnectorError>>,
-}
-
-impl RunningConnector {
-    async fn stop(self) {
-        self.cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
-
-fn start_connector(s: &TestServer, token: &str, ha: u8) -> RunningConnector {
-    let server = s.server.as_ref().unwrap();
-    let mut cfg = ConnectorConfig::new(
-        TunnelToken::decode(token).unwrap(),
-        vec![server.edge_addr.to_string()],
-    );
-    cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
-    cfg.ha_connections = ha;
-    cfg.registration_interval = Duration::from_millis(20);
-    cfg.grace_period = Duration::from_secs(1);
-    let connector = Connector::new(cfg).unwrap();
-    let state = connector.state();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(connector.run(cancel.clone()));
-    RunningConnector {
-        state,
-        cancel,
-        task,
-    }
-}
-
-async fn wait_ready(c: &RunningConnector, n: usize) {
-    tokio::time::timeout(Duration::from_secs(20), c.state.wait_ready(n))
-        .await
-        .expect("connector registered in time");
-}
-
-/// Polls until `check` holds (or fails the test after 20 s).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-/// A remotely managed tunnel routing `host` to the origin.
-async fn tunnel_for(
-    s: &TestServer,
-    name: &str,
-    host: &str,
-    origin: &origin::Origin,
-) -> (String, String) {
-    let (status, body) = call(
-        s.req(Method::POST, &s.acct("/cfd_tunnel"))
-            .json(&json!({"name": name, "config_src": "cloudflare"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let id = body["result"]["id"].as_str().unwrap().to_string();
-    let token = body["result"]["token"].as_str().unwrap().to_string();
-    let config = json!({"config": {"ingress": [
-        {"hostname": host, "service": format!("http://{}", origin.addr)},
-        {"service": "http_status:404"}
-    ]}});
-    let (status, body) = call(
-        s.req(
-            Method::PUT,
-            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
-        )
-        .json(&config),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    (id, token)
-}
-
-fn public(s: &TestServer, host: &str, path: &str) -> reqwest::RequestBuilder {
-    let addr = s.server.as_ref().unwrap().http_addr;
-    s.client
-        .get(format!("http://{addr}{path}"))
-        .header("host", host)
-}
-
-async fn connectors(s: &TestServer, id: &str) -> Vec<Value> {
-    let (_, body) = call(s.req(
-        Method::GET,
-        &s.acct(&format!("/cfd_tunnel/{id}/connections")),
-    ))
-    .await;
-    body["result"].as_array().unwrap().clone()
-}
+use serde_json::json;
+use tunnel::{ConnectorOptions, connections, start_connector, tunnel_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_through_the_tunnel() {
     let s = TestServer::start(Backend::Sqlite).await;
     let origin = origin::start().await;
-    let (id, token) = tunnel_for(&s, "e2e", "app.example.com", &origin).await;
+    let svc = format!("http://{}", origin.addr);
+    let (id, token) = tunnel_for(&s, "e2e", "app.example.com", &svc).await;
 
     // Before any connector: a 530 page with error 1033, at once.
     let resp = public(&s, "app.example.com", "/hello")
@@ -131,18 +29,18 @@ async fn http_through_the_tunnel() {
     assert_eq!(resp.status(), 530);
     assert!(resp.text().await.unwrap().contains("1033"));
 
-    let c = start_connector(&s, &token, 4);
-    wait_ready(&c, 4).await;
+    let c = start_connector(&s, &token, ConnectorOptions::ha(4));
+    c.wait_ready(4).await;
 
     // The registry shows the connector, its 4 connections, and the pushed config version.
     eventually("config version 1 applied", || async {
-        let cs = connectors(&s, &id).await;
+        let cs = connections(&s, &id).await;
         cs.len() == 1
             && cs[0]["config_version"] == 1
             && cs[0]["conns"].as_array().unwrap().len() == 4
     })
     .await;
-    let cs = connectors(&s, &id).await;
+    let cs = connections(&s, &id).await;
     assert_eq!(cs[0]["id"], c.state.connector_id().to_string());
     assert_eq!(cs[0]["conns"][0]["colo_name"], "LOCAL");
     let (_, t) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{id}")))).await;
@@ -171,11 +69,7 @@ async fn http_through_the_tunnel() {
 
     // POST with a body, echoed back.
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-    let addr = s.server.as_ref().unwrap().http_addr;
-    let resp = s
-        .client
-        .post(format!("http://{addr}/echo"))
-        .header("host", "app.example.com")
+    let resp = public_with(&s, Method::POST, "app.example.com", "/echo")
         .body(body.clone())
         .send()
         .await
@@ -231,22 +125,18 @@ async fn http_through_the_tunnel() {
     }
 
     // A configuration change while traffic flows re-routes by version.
-    let config = json!({"config": {"ingress": [
-        {"hostname": "app.example.com", "path": "^/hello", "service": "http_status:418"},
-        {"hostname": "app.example.com", "service": format!("http://{}", origin.addr)},
-        {"service": "http_status:404"}
-    ]}});
-    let (status, _) = call(
-        s.req(
-            Method::PUT,
-            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
-        )
-        .json(&config),
+    tunnel::put_ingress(
+        &s,
+        &id,
+        json!([
+            {"hostname": "app.example.com", "path": "^/hello", "service": "http_status:418"},
+            {"hostname": "app.example.com", "service": svc},
+            {"service": "http_status:404"}
+        ]),
     )
     .await;
-    assert_eq!(status, 200);
     eventually("config version 2 applied", || async {
-        connectors(&s, &id)
+        connections(&s, &id)
             .await
             .first()
             .is_some_and(|c| c["config_version"] == 2)
@@ -282,7 +172,7 @@ async fn http_through_the_tunnel() {
             .status(),
         530
     );
-    assert!(connectors(&s, &id).await.is_empty());
+    assert!(connections(&s, &id).await.is_empty());
 
     c.stop().await;
     s.stop().await;
@@ -292,13 +182,14 @@ async fn http_through_the_tunnel() {
 async fn rotation_cleanup_and_failover() {
     let s = TestServer::start(Backend::Sqlite).await;
     let origin = origin::start().await;
-    let (id, old_token) = tunnel_for(&s, "rot", "rot.example.com", &origin).await;
-    let a = start_connector(&s, &old_token, 2);
-    let b = start_connector(&s, &old_token, 2);
-    wait_ready(&a, 2).await;
-    wait_ready(&b, 2).await;
+    let svc = format!("http://{}", origin.addr);
+    let (id, old_token) = tunnel_for(&s, "rot", "rot.example.com", &svc).await;
+    let a = start_connector(&s, &old_token, ConnectorOptions::ha(2));
+    let b = start_connector(&s, &old_token, ConnectorOptions::ha(2));
+    a.wait_ready(2).await;
+    b.wait_ready(2).await;
     eventually("two connectors registered", || async {
-        connectors(&s, &id).await.len() == 2
+        connections(&s, &id).await.len() == 2
     })
     .await;
 
@@ -323,7 +214,7 @@ async fn rotation_cleanup_and_failover() {
     let ok = traffic.await.unwrap();
     assert_eq!(ok, 200, "every request succeeded while one connector left");
     eventually("one connector left", || async {
-        connectors(&s, &id).await.len() == 1
+        connections(&s, &id).await.len() == 1
     })
     .await;
 
@@ -344,7 +235,7 @@ async fn rotation_cleanup_and_failover() {
         200
     );
     // ...and a new connector with the old token is refused.
-    let late = start_connector(&s, &old_token, 1);
+    let late = start_connector(&s, &old_token, ConnectorOptions::ha(1));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(late.state.ready_connections(), 0, "old secret refused");
     late.stop().await;

@@ -6,134 +6,32 @@
 mod common;
 #[path = "common/origin.rs"]
 mod origin;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Backend, TestServer, call};
-use culvert_connector::connector::{Connector, ConnectorConfig, ConnectorState, TransportProtocol};
-use culvert_proto::TunnelToken;
+use common::{Backend, TestServer, eventually, public, public_with};
+use culvert_connector::connector::TransportProtocol;
 use futures::StreamExt as _;
 use reqwest::Method;
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use tunnel::{
+    ConnectorOptions, connections, host_ingress, put_ingress, start_connector, tunnel_for,
+};
 
-struct RunningConnector {
-    state: Arc<ConnectorState>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), culvert_connector::error::ConnectorError>>,
-}
-
-impl RunningConnector {
-    async fn stop(self) {
-        self.cancel.cancel();
-        let r = tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("connector stopped in time");
-        assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+/// A connector dialling `edge`, with a grace period long enough for the
+/// in-flight download of the shutdown test.
+fn options(edge: SocketAddr, ha: u8, protocol: TransportProtocol) -> ConnectorOptions {
+    ConnectorOptions {
+        edge: Some(edge),
+        ha,
+        protocol,
+        grace_period: Duration::from_secs(5),
+        ..ConnectorOptions::default()
     }
-}
-
-fn start_connector(
-    s: &TestServer,
-    token: &str,
-    edge: SocketAddr,
-    ha: u8,
-    protocol: TransportProtocol,
-) -> RunningConnector {
-    let server = s.server.as_ref().unwrap();
-    let mut cfg = ConnectorConfig::new(TunnelToken::decode(token).unwrap(), vec![edge.to_string()]);
-    cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
-    cfg.ha_connections = ha;
-    cfg.registration_interval = Duration::from_millis(20);
-    cfg.grace_period = Duration::from_secs(5);
-    cfg.protocol = protocol;
-    let connector = Connector::new(cfg).unwrap();
-    let state = connector.state();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(connector.run(cancel.clone()));
-    RunningConnector {
-        state,
-        cancel,
-        task,
-    }
-}
-
-async fn wait_ready(c: &RunningConnector, n: usize, within: Duration) {
-    tokio::time::timeout(within, c.state.wait_ready(n))
-        .await
-        .expect("connector registered in time");
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-async fn tunnel_for(
-    s: &TestServer,
-    name: &str,
-    host: &str,
-    origin: &origin::Origin,
-) -> (String, String) {
-    let (status, body) = call(
-        s.req(Method::POST, &s.acct("/cfd_tunnel"))
-            .json(&json!({"name": name, "config_src": "cloudflare"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let id = body["result"]["id"].as_str().unwrap().to_string();
-    let token = body["result"]["token"].as_str().unwrap().to_string();
-    put_config(s, &id, host, origin).await;
-    (id, token)
-}
-
-async fn put_config(s: &TestServer, id: &str, host: &str, origin: &origin::Origin) {
-    let config = json!({"config": {"ingress": [
-        {"hostname": host, "service": format!("http://{}", origin.addr)},
-        {"service": "http_status:404"}
-    ]}});
-    let (status, body) = call(
-        s.req(
-            Method::PUT,
-            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
-        )
-        .json(&config),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-}
-
-fn public(
-    s: &TestServer,
-    method: reqwest::Method,
-    host: &str,
-    path: &str,
-) -> reqwest::RequestBuilder {
-    let addr = s.server.as_ref().unwrap().http_addr;
-    s.client
-        .request(method, format!("http://{addr}{path}"))
-        .header("host", host)
-}
-
-async fn connectors(s: &TestServer, id: &str) -> Vec<Value> {
-    let (_, body) = call(s.req(
-        Method::GET,
-        &s.acct(&format!("/cfd_tunnel/{id}/connections")),
-    ))
-    .await;
-    body["result"].as_array().unwrap().clone()
 }
 
 fn pattern(n: u64) -> Vec<u8> {
@@ -144,26 +42,27 @@ fn pattern(n: u64) -> Vec<u8> {
 async fn http2_registration_requests_config_push_and_shutdown() {
     let s = TestServer::start(Backend::Sqlite).await;
     let origin = origin::start().await;
-    let (id, token) = tunnel_for(&s, "h2", "app.example.com", &origin).await;
+    let svc = format!("http://{}", origin.addr);
+    let (id, token) = tunnel_for(&s, "h2", "app.example.com", &svc).await;
     let edge = s.server.as_ref().unwrap().edge_addr;
-    let c = start_connector(&s, &token, edge, 2, TransportProtocol::Http2);
-    wait_ready(&c, 2, Duration::from_secs(20)).await;
+    let c = start_connector(&s, &token, options(edge, 2, TransportProtocol::Http2));
+    c.wait_ready(2).await;
 
     // Registered like QUIC: one connector, 2 connections, the pushed
     // configuration (update-configuration over HTTP/2) applied.
     eventually("config version 1 applied over HTTP/2", || async {
-        let cs = connectors(&s, &id).await;
+        let cs = connections(&s, &id).await;
         cs.len() == 1
             && cs[0]["config_version"] == 1
             && cs[0]["conns"].as_array().unwrap().len() == 2
     })
     .await;
-    let cs = connectors(&s, &id).await;
+    let cs = connections(&s, &id).await;
     assert_eq!(cs[0]["id"], c.state.connector_id().to_string());
     assert_eq!(cs[0]["conns"][0]["origin_ip"], "127.0.0.1");
 
     // GET: status, origin headers rebuilt from the serialised header, body.
-    let resp = public(&s, Method::GET, "app.example.com", "/hello?x=1")
+    let resp = public(&s, "app.example.com", "/hello?x=1")
         .send()
         .await
         .unwrap();
@@ -191,7 +90,7 @@ async fn http2_registration_requests_config_push_and_shutdown() {
                 .collect::<Vec<u8>>(),
         ))
     }));
-    let resp = public(&s, Method::POST, "app.example.com", "/count")
+    let resp = public_with(&s, Method::POST, "app.example.com", "/count")
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await
@@ -203,7 +102,7 @@ async fn http2_registration_requests_config_push_and_shutdown() {
     assert_eq!(resp.text().await.unwrap(), format!("{BIG} {sum}"));
 
     // ...a 12 MiB download streams back...
-    let resp = public(&s, Method::GET, "app.example.com", &format!("/bytes/{BIG}"))
+    let resp = public(&s, "app.example.com", &format!("/bytes/{BIG}"))
         .send()
         .await
         .unwrap();
@@ -222,7 +121,7 @@ async fn http2_registration_requests_config_push_and_shutdown() {
 
     // ...and an echo carries a body both ways at once.
     let body = pattern(300_000);
-    let resp = public(&s, Method::POST, "app.example.com", "/echo")
+    let resp = public_with(&s, Method::POST, "app.example.com", "/echo")
         .body(body.clone())
         .send()
         .await
@@ -233,25 +132,22 @@ async fn http2_registration_requests_config_push_and_shutdown() {
 
     // The catch-all answers on the tunnel's own domain; HEAD has no body.
     let direct = format!("{id}.cfargotunnel.localhost");
-    let resp = public(&s, Method::GET, &direct, "/hello")
-        .send()
-        .await
-        .unwrap();
+    let resp = public(&s, &direct, "/hello").send().await.unwrap();
     assert_eq!(resp.status(), 404);
-    let resp = public(&s, Method::HEAD, "app.example.com", "/hello")
+    let resp = public_with(&s, Method::HEAD, "app.example.com", "/hello")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
 
     // A configuration change is pushed over HTTP/2 and takes effect.
-    put_config(&s, &id, "other.example.com", &origin).await;
+    put_ingress(&s, &id, host_ingress("other.example.com", &svc)).await;
     eventually("config version 2 applied", || async {
-        connectors(&s, &id).await[0]["config_version"] == 2
+        connections(&s, &id).await[0]["config_version"] == 2
     })
     .await;
     eventually("the new hostname routes", || async {
-        public(&s, Method::GET, "other.example.com", "/hello")
+        public(&s, "other.example.com", "/hello")
             .send()
             .await
             .is_ok_and(|r| r.status() == 200)
@@ -261,19 +157,14 @@ async fn http2_registration_requests_config_push_and_shutdown() {
     // Graceful shutdown: a download in flight finishes, then the
     // connections are gone from the registry.
     const SLOW: u64 = 8 * 1024 * 1024;
-    let resp = public(
-        &s,
-        Method::GET,
-        "other.example.com",
-        &format!("/bytes/{SLOW}"),
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = public(&s, "other.example.com", &format!("/bytes/{SLOW}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
-    let stopping = tokio::spawn(c.stop());
+    let stopping = tokio::spawn(c.stop_cleanly());
     let mut got = first.len() as u64;
     while let Some(chunk) = stream.next().await {
         got += chunk
@@ -283,7 +174,7 @@ async fn http2_registration_requests_config_push_and_shutdown() {
     assert_eq!(got, SLOW);
     stopping.await.unwrap();
     eventually("connections gone after shutdown", || async {
-        connectors(&s, &id).await.is_empty()
+        connections(&s, &id).await.is_empty()
     })
     .await;
     s.stop().await;
@@ -313,35 +204,36 @@ async fn tcp_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>, tokio::task
 async fn auto_falls_back_to_http2_when_quic_cannot_connect() {
     let s = TestServer::start(Backend::Sqlite).await;
     let origin = origin::start().await;
-    let (id, token) = tunnel_for(&s, "fallback", "app.example.com", &origin).await;
+    let svc = format!("http://{}", origin.addr);
+    let (id, token) = tunnel_for(&s, "fallback", "app.example.com", &svc).await;
     let edge = s.server.as_ref().unwrap().edge_addr;
     let (relay, relayed, relay_task) = tcp_relay(edge).await;
 
     // QUIC to the relay's port times out in its handshake (5 s), which is
     // "QUIC broken": the connection switches to HTTP/2 and registers.
-    let c = start_connector(&s, &token, relay, 1, TransportProtocol::Auto);
-    wait_ready(&c, 1, Duration::from_secs(30)).await;
+    let c = start_connector(&s, &token, options(relay, 1, TransportProtocol::Auto));
+    c.wait_ready_within(1, Duration::from_secs(30)).await;
     assert!(
         relayed.load(Ordering::SeqCst) >= 1,
         "registered through TCP"
     );
     eventually("connection listed, configuration applied", || async {
-        connectors(&s, &id)
+        connections(&s, &id)
             .await
             .first()
             .is_some_and(|c| c["conns"].as_array().unwrap().len() == 1 && c["config_version"] == 1)
     })
     .await;
-    let resp = public(&s, Method::GET, "app.example.com", "/hello")
+    let resp = public(&s, "app.example.com", "/hello")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "hello from origin");
-    c.stop().await;
+    c.stop_cleanly().await;
 
     // `--protocol quic` never falls back: it stays unregistered.
-    let q = start_connector(&s, &token, relay, 1, TransportProtocol::Quic);
+    let q = start_connector(&s, &token, options(relay, 1, TransportProtocol::Quic));
     let before = relayed.load(Ordering::SeqCst);
     assert!(
         tokio::time::timeout(Duration::from_secs(7), q.state.wait_ready(1))
@@ -349,7 +241,7 @@ async fn auto_falls_back_to_http2_when_quic_cannot_connect() {
             .is_err()
     );
     assert_eq!(relayed.load(Ordering::SeqCst), before, "quic only: no TCP");
-    q.stop().await;
+    q.stop_cleanly().await;
     relay_task.abort();
     s.stop().await;
 }
@@ -397,32 +289,12 @@ async fn websocket_over_http2_relays_raw_frames_both_ways() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let s = TestServer::start(Backend::Sqlite).await;
     let (ws_addr, ws_task) = upgrade_echo_origin().await;
-    let (status, body) = call(
-        s.req(Method::POST, &s.acct("/cfd_tunnel"))
-            .json(&json!({"name": "ws", "config_src": "cloudflare"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let id = body["result"]["id"].as_str().unwrap().to_string();
-    let token = body["result"]["token"].as_str().unwrap().to_string();
-    let config = json!({"config": {"ingress": [
-        {"hostname": "ws.example.com", "service": format!("ws://{ws_addr}")},
-        {"service": "http_status:404"}
-    ]}});
-    let (status, _) = call(
-        s.req(
-            Method::PUT,
-            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
-        )
-        .json(&config),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (id, token) = tunnel_for(&s, "ws", "ws.example.com", &format!("ws://{ws_addr}")).await;
     let edge = s.server.as_ref().unwrap().edge_addr;
-    let c = start_connector(&s, &token, edge, 1, TransportProtocol::Http2);
-    wait_ready(&c, 1, Duration::from_secs(20)).await;
+    let c = start_connector(&s, &token, options(edge, 1, TransportProtocol::Http2));
+    c.wait_ready(1).await;
     eventually("config applied", || async {
-        connectors(&s, &id)
+        connections(&s, &id)
             .await
             .first()
             .is_some_and(|c| c["config_version"] == 1)
@@ -476,7 +348,7 @@ async fn websocket_over_http2_relays_raw_frames_both_ways() {
     let (wr, big) = writer.await.unwrap();
     assert!(back == big);
     drop((rd, wr));
-    c.stop().await;
+    c.stop_cleanly().await;
     ws_task.abort();
     s.stop().await;
 }

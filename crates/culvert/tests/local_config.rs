@@ -8,19 +8,22 @@
 mod common;
 #[path = "common/origin.rs"]
 mod origin;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{Backend, TestServer, call};
+use common::{Backend, TestServer, call, eventually, public};
 use culvert_connector::cli::{SearchPaths, TunnelCommand, run_tunnel_command_with};
 use culvert_connector::connector::ConnectorState;
 use culvert_proto::TunnelToken;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tunnel::connections;
 
 #[derive(Parser)]
 struct Cli {
@@ -73,7 +76,10 @@ async fn run_tunnel(s: &TestServer, dir: &Path, args: &[&str], poll: Duration) -
     let cancel = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     // No default directories: only what the test names.
-    let paths = SearchPaths { dirs: Vec::new() };
+    let paths = SearchPaths {
+        dirs: Vec::new(),
+        credentials_dirs: Vec::new(),
+    };
     let task = tokio::spawn(run_tunnel_command_with(
         cmd,
         cancel.clone(),
@@ -110,27 +116,6 @@ async fn local_tunnel(s: &TestServer, dir: &Path, name: &str) -> (String, std::p
     (id, creds)
 }
 
-fn public(s: &TestServer, host: &str, path: &str) -> reqwest::RequestBuilder {
-    let addr = s.server.as_ref().unwrap().http_addr;
-    s.client
-        .get(format!("http://{addr}{path}"))
-        .header("host", host)
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 async fn stored_config(s: &TestServer, id: &str) -> Value {
     let (_, body) = call(s.req(
         Method::GET,
@@ -138,15 +123,6 @@ async fn stored_config(s: &TestServer, id: &str) -> Value {
     ))
     .await;
     body["result"]["config"].clone()
-}
-
-async fn connections(s: &TestServer, id: &str) -> Vec<Value> {
-    let (_, body) = call(s.req(
-        Method::GET,
-        &s.acct(&format!("/cfd_tunnel/{id}/connections")),
-    ))
-    .await;
-    body["result"].as_array().unwrap().clone()
 }
 
 fn config_yml(id: &str, creds: &Path, host: &str, hello: &str) -> String {

@@ -7,18 +7,18 @@
 mod common;
 #[path = "common/origin.rs"]
 mod origin;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Backend, TestServer, call};
-use culvert_connector::connector::{Connector, ConnectorConfig};
-use culvert_proto::TunnelToken;
+use common::{Backend, TestServer, eventually, public, public_with};
 use futures::StreamExt;
 use reqwest::Method;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tunnel::{ConnectorOptions, start_connector, tunnel_for};
 
 const SIZE: u64 = 100 * 1024 * 1024;
 /// Far below the 100 MB moved: buffering either body whole would exceed it.
@@ -52,61 +52,25 @@ fn rss_sampler() -> (Arc<AtomicU64>, CancellationToken) {
 async fn hundred_megabytes_each_way_with_flat_memory() {
     let s = TestServer::start(Backend::Sqlite).await;
     let origin = origin::start().await;
-    let (status, body) = call(
-        s.req(Method::POST, &s.acct("/cfd_tunnel"))
-            .json(&json!({"name": "big", "config_src": "cloudflare"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let id = body["result"]["id"].as_str().unwrap().to_string();
-    let token = TunnelToken::decode(body["result"]["token"].as_str().unwrap()).unwrap();
-    let config = json!({"config": {"ingress": [
-        {"hostname": "big.example.com", "service": format!("http://{}", origin.addr)},
-        {"service": "http_status:404"}]}});
-    call(
-        s.req(
-            Method::PUT,
-            &s.acct(&format!("/cfd_tunnel/{id}/configurations")),
-        )
-        .json(&config),
-    )
-    .await;
-
-    let server = s.server.as_ref().unwrap();
-    let mut cfg = ConnectorConfig::new(token, vec![server.edge_addr.to_string()]);
-    cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
-    cfg.ha_connections = 1;
-    let connector = Connector::new(cfg).unwrap();
-    let state = connector.state();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(connector.run(cancel.clone()));
-    tokio::time::timeout(Duration::from_secs(20), state.wait_ready(1))
-        .await
-        .unwrap();
-    let http = server.http_addr;
-    // Wait for the pushed configuration to route the host.
-    for _ in 0..100 {
-        let r = s
-            .client
-            .get(format!("http://{http}/hello"))
-            .header("host", "big.example.com")
+    let service = format!("http://{}", origin.addr);
+    let (_, token) = tunnel_for(&s, "big", "big.example.com", &service).await;
+    let connector = start_connector(&s, &token, ConnectorOptions::default());
+    connector.wait_ready(1).await;
+    eventually("the pushed configuration routes the host", || async {
+        public(&s, "big.example.com", "/hello")
             .send()
             .await
-            .unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
 
     let baseline = rss_bytes();
     let (peak, stop) = rss_sampler();
 
     // Download: streamed, checked byte by byte, never held whole.
-    let resp = s
-        .client
-        .get(format!("http://{http}/bytes/{SIZE}"))
-        .header("host", "big.example.com")
+    let resp = public(&s, "big.example.com", &format!("/bytes/{SIZE}"))
         .send()
         .await
         .unwrap();
@@ -140,10 +104,7 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
     let expected_sum = (0..SIZE).fold(0u64, |s, i| {
         s.wrapping_add(u64::from(origin::pattern_byte(i)))
     });
-    let resp = s
-        .client
-        .post(format!("http://{http}/count"))
-        .header("host", "big.example.com")
+    let resp = public_with(&s, Method::POST, "big.example.com", "/count")
         .body(reqwest::Body::wrap_stream(upload))
         .send()
         .await
@@ -164,7 +125,6 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
         growth >> 20
     );
 
-    cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    connector.stop().await;
     s.stop().await;
 }

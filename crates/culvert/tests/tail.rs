@@ -5,18 +5,18 @@
 mod common;
 #[path = "common/origin.rs"]
 mod origin;
+#[path = "common/tunnel.rs"]
+mod tunnel;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer, call};
+use common::{Backend, TestServer, call, eventually, public};
 use culvert::tail::{LogSession, Target};
-use culvert_connector::connector::{Connector, ConnectorConfig, ConnectorState};
 use culvert_connector::management::protocol::{EventType, Filters, LogEntry, LogLevel};
-use culvert_proto::TunnelToken;
 use reqwest::Method;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
+use tunnel::{ConnectorOptions, RunningConnector, start_connector, tunnel_for};
 
 const MGMT: &str = "management.cfargotunnel.localhost";
 
@@ -37,8 +37,7 @@ struct Setup {
     tunnel: String,
     host: String,
     connector_id: uuid::Uuid,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), culvert_connector::error::ConnectorError>>,
+    connector: RunningConnector,
 }
 
 impl Setup {
@@ -51,60 +50,22 @@ impl Setup {
         let s = TestServer::start_with(Backend::Sqlite, tweak).await;
         let origin = origin::start().await;
         let host = format!("{name}.example.test");
-        let (status, body) = call(
-            s.req(Method::POST, &s.acct("/cfd_tunnel"))
-                .json(&json!({"name": name, "config_src": "cloudflare"})),
-        )
-        .await;
-        assert_eq!(status, 200);
-        let tunnel = body["result"]["id"].as_str().unwrap().to_string();
-        let token = body["result"]["token"].as_str().unwrap().to_string();
-        let config = json!({"config": {"ingress": [
-            {"hostname": host, "service": format!("http://{}", origin.addr)},
-            {"service": "http_status:404"}
-        ]}});
-        let (status, _) = call(
-            s.req(
-                Method::PUT,
-                &s.acct(&format!("/cfd_tunnel/{tunnel}/configurations")),
-            )
-            .json(&config),
-        )
-        .await;
-        assert_eq!(status, 200);
-        let server = s.server.as_ref().unwrap();
-        let mut cfg = ConnectorConfig::new(
-            TunnelToken::decode(&token).unwrap(),
-            vec![server.edge_addr.to_string()],
-        );
-        cfg.ca_pem = Some(server.edge_ca_pem.as_bytes().to_vec());
-        cfg.ha_connections = 2;
-        cfg.registration_interval = Duration::from_millis(20);
-        cfg.grace_period = Duration::from_secs(1);
-        let connector = Connector::new(cfg).unwrap();
-        let connector_id = connector.connector_id();
-        let state: Arc<ConnectorState> = connector.state();
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(connector.run(cancel.clone()));
-        tokio::time::timeout(Duration::from_secs(20), state.wait_ready(2))
-            .await
-            .expect("connector registered");
+        let service = format!("http://{}", origin.addr);
+        let (tunnel, token) = tunnel_for(&s, name, &host, &service).await;
+        let connector = start_connector(&s, &token, ConnectorOptions::ha(2));
+        connector.wait_ready(2).await;
         let setup = Setup {
             s,
             _origin: origin,
             tunnel,
             host,
-            connector_id,
-            cancel,
-            task,
+            connector_id: connector.state.connector_id(),
+            connector,
         };
-        // The remote configuration must have reached the connector.
-        for _ in 0..100 {
-            if setup.get("/hello").await == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually("the remote configuration reached the connector", || async {
+            setup.get("/hello").await == 200
+        })
+        .await;
         setup
     }
 
@@ -160,11 +121,7 @@ impl Setup {
     }
 
     async fn get(&self, path: &str) -> u16 {
-        let addr = self.s.server.as_ref().unwrap().http_addr;
-        self.s
-            .client
-            .get(format!("http://{addr}{path}"))
-            .header("host", &self.host)
+        public(&self.s, &self.host, path)
             .send()
             .await
             .map(|r| r.status().as_u16())
@@ -172,8 +129,7 @@ impl Setup {
     }
 
     async fn stop(self) {
-        self.cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        self.connector.stop().await;
         self.s.stop().await;
     }
 }
@@ -224,6 +180,47 @@ async fn drain(session: &mut LogSession, window: Duration) -> Vec<LogEntry> {
     }
 }
 
+/// A session streaming with `filters`. The connector applies them
+/// asynchronously and no entry marks that for every filter: wait a little.
+async fn streaming(target: &Target, token: &str, filters: Filters) -> LogSession {
+    let mut session = LogSession::connect(target, token, None).await.unwrap();
+    session.start(filters).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    session
+}
+
+/// Stops `session` and gives the connector a moment to release it.
+async fn end(mut session: LogSession) {
+    session.stop().await.unwrap();
+    drop(session);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Reads until the server closes the session (within 5 s); its close code
+/// and reason.
+async fn close_of(session: &mut LogSession) -> (u16, String) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while session.next_logs().await.unwrap().is_some() {}
+    })
+    .await
+    .expect("the session was closed");
+    session.closed.clone().expect("a close frame")
+}
+
+/// Connecting with `token` (to `connector`) is refused with an error that
+/// mentions each of `wants`.
+async fn assert_refused(t: &Target, token: &str, connector: Option<&str>, wants: &[&str]) {
+    match LogSession::connect(t, token, connector).await {
+        Ok(_) => panic!("session accepted"),
+        Err(e) => {
+            let e = e.to_string();
+            for w in wants {
+                assert!(e.contains(w), "{w:?} not in {e}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_appear_with_their_status() {
     let st = Setup::new("tail-requests").await;
@@ -267,17 +264,15 @@ async fn requests_appear_with_their_status() {
 async fn measure_request_to_log_latency() {
     let st = Setup::new("tail-latency").await;
     let token = st.api_token().await;
-    let mut session = LogSession::connect(&st.target(), &token, None)
-        .await
-        .unwrap();
-    session
-        .start(Filters {
+    let mut session = streaming(
+        &st.target(),
+        &token,
+        Filters {
             events: vec![EventType::Http],
             ..all()
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+        },
+    )
+    .await;
     let n = 50;
     let mut us: Vec<u128> = Vec::new();
     let mut after: Vec<u128> = Vec::new();
@@ -314,37 +309,33 @@ async fn filters_are_honoured() {
     let token = st.api_token().await;
 
     // Level: http request entries are debug, so `info` hides them.
-    let mut s1 = LogSession::connect(&st.target(), &token, None)
-        .await
-        .unwrap();
-    s1.start(Filters {
-        level: Some(LogLevel::Info),
-        ..all()
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s1 = streaming(
+        &st.target(),
+        &token,
+        Filters {
+            level: Some(LogLevel::Info),
+            ..all()
+        },
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(st.get("/hello").await, 200);
     }
     let seen = drain(&mut s1, Duration::from_millis(500)).await;
     assert!(seen.iter().all(|e| e.level >= LogLevel::Info), "{seen:?}");
     assert!(seen.iter().all(|e| e.event != EventType::Http), "{seen:?}");
-    s1.stop().await.unwrap();
-    drop(s1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    end(s1).await;
 
     // Events: only cloudflared events.
-    let mut s2 = LogSession::connect(&st.target(), &token, None)
-        .await
-        .unwrap();
-    s2.start(Filters {
-        events: vec![EventType::Cloudflared],
-        ..all()
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s2 = streaming(
+        &st.target(),
+        &token,
+        Filters {
+            events: vec![EventType::Cloudflared],
+            ..all()
+        },
+    )
+    .await;
     assert_eq!(st.get("/hello").await, 200);
     let seen = drain(&mut s2, Duration::from_millis(500)).await;
     assert!(!seen.is_empty());
@@ -352,23 +343,20 @@ async fn filters_are_honoured() {
         seen.iter().all(|e| e.event == EventType::Cloudflared),
         "{seen:?}"
     );
-    s2.stop().await.unwrap();
-    drop(s2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    end(s2).await;
 
     // Sampling: a tiny share keeps (almost surely) none of 20 requests,
     // while the same requests unsampled all show up.
-    let mut s3 = LogSession::connect(&st.target(), &token, None)
-        .await
-        .unwrap();
-    s3.start(Filters {
-        events: vec![EventType::Http],
-        sampling: 0.000_001,
-        ..all()
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s3 = streaming(
+        &st.target(),
+        &token,
+        Filters {
+            events: vec![EventType::Http],
+            sampling: 0.000_001,
+            ..all()
+        },
+    )
+    .await;
     for _ in 0..20 {
         assert_eq!(st.get("/hello").await, 200);
     }
@@ -384,17 +372,12 @@ async fn bad_tokens_are_refused_by_the_edge() {
     let keys = st.keys().await;
     let tunnel: uuid::Uuid = st.tunnel.parse().unwrap();
     let now = Setup::now();
-    let refused = |r: anyhow::Result<LogSession>| match r {
-        Ok(_) => panic!("session accepted"),
-        Err(e) => e.to_string(),
-    };
     let t = st.target();
 
     let expired = keys
         .issue(tunnel, &st.s.account, "me", vec!["logs".into()], now - 7200)
         .unwrap();
-    let e = refused(LogSession::connect(&t, &expired, None).await);
-    assert!(e.contains("401") && e.contains("expired"), "{e}");
+    assert_refused(&t, &expired, None, &["401", "expired"]).await;
 
     // Signed by another key (another control plane's store).
     let other_dir = tempfile::tempdir().unwrap();
@@ -408,11 +391,7 @@ async fn bad_tokens_are_refused_by_the_edge() {
     let forged = other
         .issue(tunnel, &st.s.account, "me", vec!["logs".into()], now)
         .unwrap();
-    let e = refused(LogSession::connect(&t, &forged, None).await);
-    assert!(
-        e.contains("401") && e.contains("invalid access_token"),
-        "{e}"
-    );
+    assert_refused(&t, &forged, None, &["401", "invalid access_token"]).await;
 
     let wrong_tunnel = keys
         .issue(
@@ -423,8 +402,7 @@ async fn bad_tokens_are_refused_by_the_edge() {
             now,
         )
         .unwrap();
-    let e = refused(LogSession::connect(&t, &wrong_tunnel, None).await);
-    assert!(e.contains("404") && e.contains("tunnel not found"), "{e}");
+    assert_refused(&t, &wrong_tunnel, None, &["404", "tunnel not found"]).await;
 
     let wrong_account = keys
         .issue(
@@ -435,8 +413,7 @@ async fn bad_tokens_are_refused_by_the_edge() {
             now,
         )
         .unwrap();
-    let e = refused(LogSession::connect(&t, &wrong_account, None).await);
-    assert!(e.contains("404"), "{e}");
+    assert_refused(&t, &wrong_account, None, &["404"]).await;
 
     let wrong_res = keys
         .issue(
@@ -447,28 +424,16 @@ async fn bad_tokens_are_refused_by_the_edge() {
             now,
         )
         .unwrap();
-    let e = refused(LogSession::connect(&t, &wrong_res, None).await);
-    assert!(e.contains("403"), "{e}");
+    assert_refused(&t, &wrong_res, None, &["403"]).await;
 
-    let e = refused(LogSession::connect(&t, "not-a-jwt", None).await);
-    assert!(e.contains("401"), "{e}");
+    assert_refused(&t, "not-a-jwt", None, &["401"]).await;
 
     let good = st.token_for("me").await;
-    let e = refused(LogSession::connect(&t, &good, Some(&uuid::Uuid::new_v4().to_string())).await);
-    assert!(
-        e.contains("404") && e.contains("connector not found"),
-        "{e}"
-    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_refused(&t, &good, Some(&unknown), &["404", "connector not found"]).await;
 
     // No token at all: cloudflared's own error.
-    let addr = st.s.server.as_ref().unwrap().http_addr;
-    let r =
-        st.s.client
-            .get(format!("http://{addr}/logs"))
-            .header("host", MGMT)
-            .send()
-            .await
-            .unwrap();
+    let r = public(&st.s, MGMT, "/logs").send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(
         r.text().await.unwrap(),
@@ -498,22 +463,15 @@ async fn one_session_at_a_time() {
     // Another actor: refused with 4002.
     let mut b = LogSession::connect(&t, &bob, None).await.unwrap();
     b.start(all()).await.unwrap();
-    while b.next_logs().await.unwrap().is_some() {}
-    assert_eq!(b.closed.as_ref().map(|c| c.0), Some(4002), "{:?}", b.closed);
     assert_eq!(
-        b.closed.as_ref().map(|c| c.1.as_str()),
-        Some("limit exceeded for streaming sessions")
+        close_of(&mut b).await,
+        (4002, "limit exceeded for streaming sessions".to_string())
     );
 
     // The same actor pre-empts: the old session is closed, the new streams.
     let mut a2 = LogSession::connect(&t, &alice, None).await.unwrap();
     a2.start(all()).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while a1.next_logs().await.unwrap_or(None).is_some() {}
-    })
-    .await;
-    assert!(closed.is_ok(), "the pre-empted session was not closed");
-    assert_eq!(a1.closed.as_ref().map(|c| c.0), Some(1000));
+    assert_eq!(close_of(&mut a1).await.0, 1000, "the pre-empted session");
     assert_eq!(st.get("/hello").await, 200);
     let e = wait_request(&mut a2, "/hello").await;
     assert_eq!(e.fields["status"], 200);
@@ -523,8 +481,7 @@ async fn one_session_at_a_time() {
     drop(a2);
     let mut c = LogSession::connect(&t, &alice, None).await.unwrap();
     c.stop().await.unwrap();
-    while c.next_logs().await.unwrap().is_some() {}
-    assert_eq!(c.closed.as_ref().map(|c| c.0), Some(4001));
+    assert_eq!(close_of(&mut c).await.0, 4001);
     st.stop().await;
 }
 
@@ -532,22 +489,10 @@ async fn one_session_at_a_time() {
 async fn ping_and_host_details() {
     let st = Setup::new("tail-details").await;
     let token = st.api_token().await;
-    let addr = st.s.server.as_ref().unwrap().http_addr;
-    let r =
-        st.s.client
-            .get(format!("http://{addr}/ping?access_token={token}"))
-            .header("host", MGMT)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(r.status(), 200);
-    let r =
-        st.s.client
-            .get(format!("http://{addr}/host_details?access_token={token}"))
-            .header("host", MGMT)
-            .send()
-            .await
-            .unwrap();
+    let management =
+        |path: &str| public(&st.s, MGMT, &format!("{path}?access_token={token}")).send();
+    assert_eq!(management("/ping").await.unwrap().status(), 200);
+    let r = management("/host_details").await.unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["connector_id"], st.connector_id.to_string());
@@ -574,13 +519,9 @@ async fn metrics_move_with_traffic_and_health_endpoints() {
     let st = Setup::new("obs-metrics").await;
     let server = st.s.server.as_ref().unwrap();
     let base = format!("http://{}", server.metrics_addr.unwrap());
+    let ops = |path: &str| st.s.client.get(format!("{base}{path}")).send();
     let scrape = || async {
-        let r =
-            st.s.client
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap();
+        let r = ops("/metrics").await.unwrap();
         assert_eq!(r.status(), 200);
         assert!(
             r.headers()["content-type"]
@@ -606,15 +547,11 @@ async fn metrics_move_with_traffic_and_health_endpoints() {
     }
     assert_eq!(st.get("/nope").await, 404);
     // Unknown host: the edge's own 530 page, not a stream error.
-    let addr = server.http_addr;
-    let r =
-        st.s.client
-            .get(format!("http://{addr}/"))
-            .header("host", "unknown.invalid")
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(r.status(), 530);
+    let status_for = |host: &str| {
+        let req = public(&st.s, host, "/");
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(status_for("unknown.invalid").await, 530);
     let (status, _) = call(st.s.req(Method::GET, &st.s.acct("/cfd_tunnel"))).await;
     assert_eq!(status, 200);
 
@@ -638,17 +575,8 @@ async fn metrics_move_with_traffic_and_health_endpoints() {
     );
 
     // A tunnel whose connector is gone: a stream error is counted.
-    let r =
-        st.s.client
-            .get(format!("http://{addr}/"))
-            .header(
-                "host",
-                format!("{}.cfargotunnel.localhost", uuid::Uuid::new_v4()),
-            )
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(r.status(), 530);
+    let gone = format!("{}.cfargotunnel.localhost", uuid::Uuid::new_v4());
+    assert_eq!(status_for(&gone).await, 530);
     let again = scrape().await;
     assert_eq!(
         sample(
@@ -662,28 +590,11 @@ async fn metrics_move_with_traffic_and_health_endpoints() {
         "{again}"
     );
 
-    let r =
-        st.s.client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(r.status(), 200);
-    let r =
-        st.s.client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(ops("/healthz").await.unwrap().status(), 200);
+    assert_eq!(ops("/readyz").await.unwrap().status(), 200);
     // With the store closed, not ready.
     st.s.store().close().await;
-    let r =
-        st.s.client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap();
+    let r = ops("/readyz").await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("store"));
     st.stop().await;
@@ -743,6 +654,13 @@ async fn https_get(
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// [`https_get`], which must answer 200.
+async fn https_ok(addr: std::net::SocketAddr, ca: &str, host: &str, path: &str) -> String {
+    let resp = https_get(addr, ca, host, path).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    resp
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn https_listener_serves_eyeballs_and_wss_tail_and_reloads_its_certificate() {
     let tls_dir = tempfile::tempdir().unwrap();
@@ -763,8 +681,7 @@ async fn https_listener_serves_eyeballs_and_wss_tail_and_reloads_its_certificate
     .await;
     let https = st.s.server.as_ref().unwrap().https_addr.unwrap();
 
-    let resp = https_get(https, &ca1, &host, "/hello").await.unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let resp = https_ok(https, &ca1, &host, "/hello").await;
     assert!(resp.ends_with("hello from origin"), "{resp}");
     assert!(
         resp.to_ascii_lowercase()
@@ -780,29 +697,20 @@ async fn https_listener_serves_eyeballs_and_wss_tail_and_reloads_its_certificate
         plaintext: false,
         cacert: Some(tls_dir.path().join("ca.pem")),
     };
-    let mut session = LogSession::connect(&target, &token, None).await.unwrap();
-    session.start(all()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let resp = https_get(https, &ca1, &host, "/hello?tls=1").await.unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let mut session = streaming(&target, &token, all()).await;
+    https_ok(https, &ca1, &host, "/hello?tls=1").await;
     let e = wait_request(&mut session, "/hello").await;
     assert_eq!(e.fields["status"], 200);
     session.stop().await.unwrap();
 
     // A renewed certificate (from another CA) is picked up without restart.
     let ca2 = write_tls(tls_dir.path(), &[&host, MGMT]);
-    let mut reloaded = false;
-    for _ in 0..100 {
-        if https_get(https, &ca2, &host, "/hello")
+    eventually("the new certificate is served", || async {
+        https_get(https, &ca2, &host, "/hello")
             .await
             .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
-        {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(reloaded, "the new certificate was not served");
+    })
+    .await;
     assert!(https_get(https, &ca1, &host, "/hello").await.is_err());
     st.stop().await;
 }

@@ -1,5 +1,6 @@
 //! `unix:` origins: HTTP over a unix socket behind the tunnel, with the
-//! request body streamed through and a WebSocket upgrade on the same rule.
+//! request body streamed through and a WebSocket upgrade on the same rule,
+//! with the connector on QUIC and on HTTP/2.
 
 mod common;
 #[path = "common/tunnel.rs"]
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Backend, TestServer};
+use culvert_connector::connector::TransportProtocol;
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -75,11 +77,20 @@ async fn unix_origin(path: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unix_socket_origin_serves_http_and_websockets() {
+    serves_http_and_websockets(TransportProtocol::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unix_socket_origin_serves_http_and_websockets_over_http2() {
+    serves_http_and_websockets(TransportProtocol::Http2).await;
+}
+
+async fn serves_http_and_websockets(protocol: TransportProtocol) {
     let s = TestServer::start(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("origin.sock");
     unix_origin(&sock).await;
-    let connector = tunnel::serve_ingress(
+    let connector = tunnel::serve_ingress_over(
         &s,
         "unix",
         json!([
@@ -88,6 +99,7 @@ async fn unix_socket_origin_serves_http_and_websockets() {
             {"service": "http_status:404"}
         ]),
         "unix.example.com",
+        protocol,
     )
     .await;
     let http = s.server.as_ref().unwrap().http_addr;

@@ -202,6 +202,34 @@ pub async fn call(req: RequestBuilder) -> (u16, Value) {
     (status, body)
 }
 
+/// Polls every 100 ms until `check` holds; fails the test after 20 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A GET for `host` through the server's public (eyeball) listener.
+pub fn public(s: &TestServer, host: &str, path: &str) -> RequestBuilder {
+    public_with(s, Method::GET, host, path)
+}
+
+/// [`public`] with another method.
+pub fn public_with(s: &TestServer, method: Method, host: &str, path: &str) -> RequestBuilder {
+    let addr = s.server.as_ref().unwrap().http_addr;
+    s.client
+        .request(method, format!("http://{addr}{path}"))
+        .header("host", host)
+}
+
 /// The first error code of a failure body.
 pub fn code(body: &Value) -> i64 {
     body["errors"][0]["code"].as_i64().unwrap()
