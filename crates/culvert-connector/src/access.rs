@@ -23,6 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use culvert_ingress::Access;
+use culvert_proto::http_meta::HttpRequestHead;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -284,6 +285,16 @@ pub struct AccessValidator {
     cache: Mutex<Cache>,
 }
 
+impl std::fmt::Debug for AccessValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessValidator")
+            .field("issuer", &self.issuer)
+            .field("aud_tags", &self.aud_tags)
+            .field("certs_url", &self.certs_url.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
 impl AccessValidator {
     /// Refuses a configuration it could not enforce (no team, bad URL).
     pub fn new(access: &Access) -> Result<AccessValidator, ConnectorError> {
@@ -318,6 +329,13 @@ impl AccessValidator {
                 fetched: None,
             }),
         })
+    }
+
+    /// Checks a request's `Cf-Access-Jwt-Assertion` (the first one, as Go's
+    /// `Header.Get` in cloudflared).
+    pub async fn verify_request(&self, head: &HttpRequestHead) -> Result<(), AccessError> {
+        self.verify(head.header(ACCESS_JWT_HEADER).next().unwrap_or(""))
+            .await
     }
 
     /// Checks one request's token.

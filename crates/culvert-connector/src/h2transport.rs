@@ -58,8 +58,8 @@ use crate::error::ConnectorError;
 use crate::identity::register_params;
 use crate::origin::BoxError;
 use crate::proxy::{
-    HttpOutcome, ProxyContext, ResponseBody, build_origin_request, canonical_header_key, dest_path,
-    serve_http,
+    HttpOutcome, ProxyContext, ResponseBody, access_refusal, build_origin_request,
+    canonical_header_key, dest_path, serve_http,
 };
 use crate::rpc::register;
 use crate::stream_origin::HttpTarget;
@@ -484,7 +484,14 @@ async fn websocket(
     head.websocket = true;
     let snapshot = ctx.proxy.orchestrator.snapshot();
     let (path, _) = dest_path(&head.dest);
-    let (_, rule, origin) = snapshot.route(&head.host, &path);
+    let route = snapshot.route(&head.host, &path);
+    if let Some(forbidden) = access_refusal(&route, &head).await {
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = resp_head_status(forbidden.status);
+        *resp.headers_mut() = response_headers(&forbidden);
+        return resp;
+    }
+    let (rule, origin) = (route.rule, route.origin);
     if let Some((host, port)) = crate::stream_origin::stream_target(&rule.service) {
         return tcp_service(&head, rule, &host, port, req, token).await;
     }

@@ -15,8 +15,9 @@ use culvert_ingress::{Ingress, Rule};
 use culvert_proto::registration::UpdateConfigurationResponse;
 use tokio::sync::watch;
 
+use crate::access::AccessValidator;
 use crate::error::ConnectorError;
-use crate::origin::{Origin, prepare_origins};
+use crate::origin::{Origin, PreparedRule, prepare_rules};
 
 /// The version before any push.
 pub const INITIAL_VERSION: i32 = -1;
@@ -27,29 +28,43 @@ pub struct ConfigSnapshot {
     /// Pushed version, [`INITIAL_VERSION`] for the local configuration.
     pub version: i32,
     pub ingress: Ingress,
-    /// `origins[i]` serves `ingress.rules[i]`.
-    origins: Arc<[Origin]>,
+    /// `rules[i]` serves `ingress.rules[i]`.
+    rules: Arc<[PreparedRule]>,
+}
+
+/// Where a request goes: the matched rule, its origin and its Access check.
+#[derive(Debug)]
+pub struct Route<'a> {
+    /// Index of the rule in `ingress.rules`.
+    pub index: usize,
+    pub rule: &'a Rule,
+    pub origin: Origin,
+    /// `access.required`: checked before the request is dispatched
+    /// ([`crate::proxy::access_refusal`]).
+    pub access: Option<&'a AccessValidator>,
 }
 
 impl ConfigSnapshot {
     pub fn new(version: i32, ingress: Ingress) -> Result<ConfigSnapshot, ConnectorError> {
-        let origins = prepare_origins(&ingress)?;
+        let rules = prepare_rules(&ingress)?;
         Ok(ConfigSnapshot {
             version,
             ingress,
-            origins,
+            rules,
         })
     }
 
-    /// The rule for `host` (port ignored) and `path`, and its origin.
-    pub fn route(&self, host: &str, path: &str) -> (usize, &Rule, Origin) {
-        let (idx, rule) = self.ingress.find_match(host, path);
-        let origin = self
-            .origins
-            .get(idx)
-            .cloned()
-            .unwrap_or(Origin::Status(503));
-        (idx, rule, origin)
+    /// The rule for `host` (port ignored) and `path`, its origin and its
+    /// Access check.
+    pub fn route(&self, host: &str, path: &str) -> Route<'_> {
+        let (index, rule) = self.ingress.find_match(host, path);
+        let prepared = self.rules.get(index);
+        Route {
+            index,
+            rule,
+            origin: prepared.map_or(Origin::Status(503), |p| p.origin.clone()),
+            access: prepared.and_then(|p| p.access.as_deref()),
+        }
     }
 }
 
@@ -177,23 +192,23 @@ mod tests {
         assert_eq!(o.version(), -1);
         let before = o.snapshot();
         assert!(matches!(
-            before.route("app.test", "/").2,
+            before.route("app.test", "/").origin,
             Origin::Status(503)
         ));
 
         let r = o.update_configuration(1, CFG.as_bytes());
         assert_eq!((r.latest_applied_version, r.err.as_str()), (1, ""));
         assert!(matches!(
-            o.snapshot().route("app.test", "/").2,
+            o.snapshot().route("app.test", "/").origin,
             Origin::Http(_)
         ));
         assert!(matches!(
-            o.snapshot().route("x.test", "/").2,
+            o.snapshot().route("x.test", "/").origin,
             Origin::Status(404)
         ));
         // An in-flight request keeps its snapshot.
         assert!(matches!(
-            before.route("app.test", "/").2,
+            before.route("app.test", "/").origin,
             Origin::Status(503)
         ));
 
@@ -204,7 +219,7 @@ mod tests {
         let r = o.update_configuration(0, stale);
         assert_eq!(r.latest_applied_version, 1);
         assert!(matches!(
-            o.snapshot().route("x.test", "/").2,
+            o.snapshot().route("x.test", "/").origin,
             Origin::Status(404)
         ));
     }
@@ -218,7 +233,7 @@ mod tests {
         assert!(o.apply_local(ingress.clone(), "v1".into()).unwrap());
         assert_eq!(rx.borrow().as_deref(), Some("v1"));
         assert!(matches!(
-            o.snapshot().route("app.test", "/").2,
+            o.snapshot().route("app.test", "/").origin,
             Origin::Http(_)
         ));
         assert_eq!(o.version(), INITIAL_VERSION);
@@ -226,9 +241,21 @@ mod tests {
         assert_eq!(r.latest_applied_version, 0);
         assert!(!o.apply_local(ingress, "v2".into()).unwrap());
         assert!(matches!(
-            o.snapshot().route("app.test", "/").2,
+            o.snapshot().route("app.test", "/").origin,
             Origin::Status(418)
         ));
+    }
+
+    #[test]
+    fn routes_carry_the_rule_access_check() {
+        let o = Orchestrator::new(Ingress::default_no_rules()).unwrap();
+        let cfg = br#"{"ingress":[{"hostname":"app.test","service":"http_status:200","originRequest":{"access":{"required":true,"teamName":"t"}}},{"service":"http_status:404"}]}"#;
+        assert_eq!(o.update_configuration(1, cfg).err, "");
+        let snapshot = o.snapshot();
+        let guarded = snapshot.route("app.test", "/");
+        assert_eq!(guarded.index, 0);
+        assert!(guarded.access.is_some());
+        assert!(snapshot.route("x.test", "/").access.is_none());
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! `caPool` / `noTLSVerify` / `originServerName` / `matchSNItoHost` for the
 //! TLS client, `http2Origin` (ALPN `h2` on https origins),
 //! `keepAliveConnections` / `keepAliveTimeout` for the idle pool,
-//! `disableChunkedEncoding` and `access` per request ([`HttpOrigin::send`]).
+//! `disableChunkedEncoding` per request ([`HttpOrigin::send`]).
 //! `httpHostHeader` is applied where the request is built (proxy.rs).
+//! `access` belongs to the rule, not the origin ([`PreparedRule`]): it is
+//! checked before any request is dispatched, whatever the service.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,16 +64,11 @@ pub struct HttpOrigin {
     sni_clients: Mutex<HashMap<String, OriginClient>>,
     disable_chunked: bool,
     match_sni_to_host: bool,
-    access: Option<Arc<AccessValidator>>,
 }
 
 /// Why [`HttpOrigin::send`] produced no origin response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// `access.required` and the request has no valid
-    /// `Cf-Access-Jwt-Assertion`: answer 403 (as cloudflared does).
-    #[error("access denied: {0}")]
-    Forbidden(String),
     /// The origin could not be reached or answered badly.
     #[error("{0}")]
     Origin(String),
@@ -101,25 +98,12 @@ impl HttpOrigin {
     }
 
     /// Sends `req` (built by the proxy: origin URI, final Host header) to
-    /// the origin, after the rule's Access check, with the rule's body
-    /// framing.
+    /// the origin with the rule's body framing. The rule's Access check has
+    /// already run ([`crate::proxy::access_refusal`]).
     pub async fn send(
         &self,
         req: hyper::Request<OriginBody>,
     ) -> Result<hyper::Response<Incoming>, SendError> {
-        if let Some(access) = &self.access {
-            let jwt = req
-                .headers()
-                .get(crate::access::ACCESS_JWT_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            // Owned: the request (body !Sync) must not be borrowed across the await.
-            access
-                .verify(&jwt)
-                .await
-                .map_err(|e| SendError::Forbidden(e.to_string()))?;
-        }
         let host = req
             .headers()
             .get(hyper::header::HOST)
@@ -220,17 +204,27 @@ impl std::fmt::Debug for Origin {
     }
 }
 
-/// Origins for every rule of `ingress`, index-aligned with `ingress.rules`.
-/// Fails if a rule's TLS settings cannot be loaded (e.g. an unreadable
-/// `caPool`) or its Access settings cannot be enforced, so a bad
-/// configuration is refused instead of failing every request.
-pub fn prepare_origins(ingress: &Ingress) -> Result<Arc<[Origin]>, ConnectorError> {
+/// What one ingress rule runs: its origin, and the Access check that
+/// guards every request it matches (HTTP or WebSocket, whatever the
+/// service), as cloudflared's middleware handlers on the rule.
+#[derive(Clone, Debug)]
+pub struct PreparedRule {
+    pub origin: Origin,
+    /// `access.required`: requests without a valid token get 403.
+    pub access: Option<Arc<AccessValidator>>,
+}
+
+/// The run-time form of every rule of `ingress`, index-aligned with
+/// `ingress.rules`. Fails if a rule's TLS settings cannot be loaded (e.g.
+/// an unreadable `caPool`) or its Access settings cannot be enforced, so a
+/// bad configuration is refused instead of failing every request.
+pub fn prepare_rules(ingress: &Ingress) -> Result<Arc<[PreparedRule]>, ConnectorError> {
     ingress
         .rules
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            prepare_origin(r).map_err(|e| match e {
+            prepare_rule(r).map_err(|e| match e {
                 ConnectorError::Config(m) => {
                     ConnectorError::Config(format!("Rule #{}: {m}", i + 1))
                 }
@@ -254,9 +248,24 @@ pub fn check_rule(rule: &Rule) -> Result<(), ConnectorError> {
     Ok(())
 }
 
-/// The origin of one rule.
-pub fn prepare_origin(rule: &Rule) -> Result<Origin, ConnectorError> {
+/// The origin and Access check of one rule.
+pub fn prepare_rule(rule: &Rule) -> Result<PreparedRule, ConnectorError> {
+    Ok(PreparedRule {
+        origin: prepare_origin(rule)?,
+        access: prepare_access(rule)?,
+    })
+}
+
+/// The rule's Access check, when it has `access.required`.
+pub fn prepare_access(rule: &Rule) -> Result<Option<Arc<AccessValidator>>, ConnectorError> {
     check_rule(rule)?;
+    rule.required_access()
+        .map(|a| AccessValidator::new(a).map(Arc::new))
+        .transpose()
+}
+
+/// The origin of one rule (its Access check is [`prepare_access`]).
+pub fn prepare_origin(rule: &Rule) -> Result<Origin, ConnectorError> {
     Ok(match &rule.service {
         Service::Http(url) => Origin::Http(Arc::new(http_origin(url, rule)?)),
         Service::HttpStatus(code) => Origin::Status(*code),
@@ -366,10 +375,6 @@ fn http_origin(url: &url::Url, rule: &Rule) -> Result<HttpOrigin, ConnectorError
         // as cloudflared's Go transport does.
         http2_only: false,
     };
-    let access = rule
-        .required_access()
-        .map(|a| AccessValidator::new(a).map(Arc::new))
-        .transpose()?;
     Ok(HttpOrigin {
         url: url.clone(),
         client: settings.client(None),
@@ -377,7 +382,6 @@ fn http_origin(url: &url::Url, rule: &Rule) -> Result<HttpOrigin, ConnectorError
         sni_clients: Mutex::new(HashMap::new()),
         disable_chunked: o.disable_chunked_encoding(),
         match_sni_to_host: o.match_sni_to_host(),
-        access,
     })
 }
 
@@ -446,13 +450,14 @@ mod tests {
             ]
         }))
         .unwrap();
-        let origins = prepare_origins(&ingress).unwrap();
-        assert_eq!(origins.len(), 5);
-        assert!(matches!(&origins[0], Origin::Http(h) if h.url.port() == Some(1)));
-        assert!(matches!(&origins[1], Origin::Http(_)));
-        assert!(matches!(origins[2], Origin::HelloWorld));
-        assert!(matches!(&origins[3], Origin::Unsupported(s) if s.starts_with("ssh://")));
-        assert!(matches!(origins[4], Origin::Status(404)));
+        let rules = prepare_rules(&ingress).unwrap();
+        assert_eq!(rules.len(), 5);
+        assert!(matches!(&rules[0].origin, Origin::Http(h) if h.url.port() == Some(1)));
+        assert!(matches!(&rules[1].origin, Origin::Http(_)));
+        assert!(matches!(rules[2].origin, Origin::HelloWorld));
+        assert!(matches!(&rules[3].origin, Origin::Unsupported(s) if s.starts_with("ssh://")));
+        assert!(matches!(rules[4].origin, Origin::Status(404)));
+        assert!(rules.iter().all(|r| r.access.is_none()));
         assert_eq!(
             origin_trust(&ingress.rules[1].origin_request),
             OriginTrust::NoVerify
@@ -465,7 +470,7 @@ mod tests {
             "ingress": [{"service": "https://127.0.0.1:2", "originRequest": {"caPool": "/nonexistent/ca.pem"}}]
         }))
         .unwrap();
-        assert!(prepare_origins(&ingress).is_err());
+        assert!(prepare_rules(&ingress).is_err());
     }
 
     #[test]
@@ -477,14 +482,42 @@ mod tests {
             ]
         }))
         .unwrap();
-        let e = prepare_origins(&ingress).unwrap_err().to_string();
+        let e = prepare_rules(&ingress).unwrap_err().to_string();
         assert!(e.contains("Rule #2") && e.contains("teamName"), "{e}");
         // Not required: nothing to enforce, accepted as cloudflared does.
         let ingress = culvert_ingress::parse_remote_config(&serde_json::json!({
             "ingress": [{"service": "http://127.0.0.1:2", "originRequest": {"access": {"teamName": ""}}}]
         }))
         .unwrap();
-        assert!(prepare_origins(&ingress).is_ok());
+        assert!(prepare_rules(&ingress).is_ok());
+        // Whatever the service: the check belongs to the rule.
+        let ingress = culvert_ingress::parse_remote_config(&serde_json::json!({
+            "ingress": [{"service": "http_status:200", "originRequest": {"access": {"required": true}}}]
+        }))
+        .unwrap();
+        let e = prepare_rules(&ingress).unwrap_err().to_string();
+        assert!(e.contains("Rule #1") && e.contains("teamName"), "{e}");
+    }
+
+    /// cloudflared attaches the Access check to the rule, so every kind of
+    /// service gets it, not only HTTP origins.
+    #[test]
+    fn access_is_checked_for_every_service() {
+        let access = serde_json::json!({"access": {"required": true, "teamName": "t"}});
+        let ingress = culvert_ingress::parse_remote_config(&serde_json::json!({
+            "ingress": [
+                {"hostname": "a.test", "service": "http://127.0.0.1:1", "originRequest": access},
+                {"hostname": "b.test", "service": "unix:/nonexistent.sock", "originRequest": access},
+                {"hostname": "c.test", "service": "tcp://127.0.0.1:2", "originRequest": access},
+                {"hostname": "d.test", "service": "hello_world", "originRequest": access},
+                {"hostname": "e.test", "service": "http://127.0.0.1:1"},
+                {"service": "http_status:200", "originRequest": access}
+            ]
+        }))
+        .unwrap();
+        let rules = prepare_rules(&ingress).unwrap();
+        let guarded: Vec<bool> = rules.iter().map(|r| r.access.is_some()).collect();
+        assert_eq!(guarded, [true, true, true, true, false, true]);
     }
 
     #[test]

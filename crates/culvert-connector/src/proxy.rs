@@ -22,7 +22,7 @@ use http_body_util::{BodyExt as _, Empty, StreamBody};
 use hyper::body::Frame;
 use uuid::Uuid;
 
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{Orchestrator, Route};
 use crate::origin::{BoxError, Origin, OriginBody};
 
 /// Largest request body chunk read from the QUIC stream at once.
@@ -400,6 +400,21 @@ pub enum ResponseBody {
     Origin(hyper::body::Incoming),
 }
 
+/// The matched rule's Access check (`access.required`), run where HTTP and
+/// WebSocket requests are dispatched on either transport, before any
+/// origin is touched and whatever the rule's service, as cloudflared runs
+/// its ingress middleware in `ProxyHTTP`. Returns the 403 to answer when
+/// the request has no valid `Cf-Access-Jwt-Assertion`.
+pub async fn access_refusal(route: &Route<'_>, head: &HttpRequestHead) -> Option<HttpResponseHead> {
+    let why = route.access?.verify_request(head).await.err()?;
+    tracing::info!(host = %head.host, %why, "request refused by originRequest.access");
+    Some(HttpResponseHead {
+        status: 403,
+        headers: Vec::new(),
+        extra: Vec::new(),
+    })
+}
+
 /// Routes one HTTP request through the ingress rules and serves it
 /// (origin, fixed status, hello world). `body` is the request body; it is
 /// sent to an origin only when the head says there is one.
@@ -410,9 +425,13 @@ pub async fn serve_http(
 ) -> HttpOutcome {
     let snapshot = ctx.orchestrator.snapshot();
     let (path, _) = dest_path(&head.dest);
-    let (rule_idx, rule, origin) = snapshot.route(&head.host, &path);
-    tracing::debug!(host = %head.host, %path, rule = rule_idx, ?origin, "matched ingress rule");
-    match origin {
+    let route = snapshot.route(&head.host, &path);
+    tracing::debug!(host = %head.host, %path, rule = route.index, origin = ?route.origin, "matched ingress rule");
+    if let Some(forbidden) = access_refusal(&route, head).await {
+        return HttpOutcome::Response(forbidden, ResponseBody::Empty);
+    }
+    let rule = route.rule;
+    match route.origin {
         Origin::Status(code) => {
             let head = HttpResponseHead {
                 status: code,
@@ -488,15 +507,6 @@ fn origin_outcome(
                 response_head(parts.status.as_u16(), &parts.headers),
                 ResponseBody::Origin(body),
             )
-        }
-        Err(crate::origin::SendError::Forbidden(why)) => {
-            tracing::info!(host = %head.host, %why, "request refused by originRequest.access");
-            let forbidden = HttpResponseHead {
-                status: 403,
-                headers: Vec::new(),
-                extra: Vec::new(),
-            };
-            HttpOutcome::Response(forbidden, ResponseBody::Empty)
         }
         Err(e) => {
             let msg = format!("unable to reach the origin service {service}: {e}");

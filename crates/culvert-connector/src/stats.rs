@@ -274,8 +274,8 @@ pub fn host_label(rule_hostname: Option<&str>) -> &str {
 /// under the current ingress.
 pub fn label_for(orchestrator: &Orchestrator, host: &str, path: &str) -> String {
     let snapshot = orchestrator.snapshot();
-    let (_, rule, _) = snapshot.route(host, path);
-    host_label(rule.hostname.as_deref()).to_owned()
+    let route = snapshot.route(host, path);
+    host_label(route.rule.hostname.as_deref()).to_owned()
 }
 
 tokio::task_local! {

@@ -34,8 +34,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::origin::{Origin, OriginBody};
 use crate::proxy::{
-    ProxyContext, StreamError, build_origin_request, canonical_header_key, dest_path,
-    error_response,
+    ProxyContext, StreamError, access_refusal, build_origin_request, canonical_header_key,
+    dest_path, error_response,
 };
 
 /// Buffer per direction when splicing or bridging.
@@ -145,8 +145,13 @@ pub async fn serve_websocket(
     };
     let snapshot = ctx.orchestrator.snapshot();
     let (path, _) = dest_path(&head.dest);
-    let (rule_idx, rule, origin) = snapshot.route(&head.host, &path);
-    tracing::debug!(host = %head.host, %path, rule = rule_idx, ?origin, "websocket: matched ingress rule");
+    let route = snapshot.route(&head.host, &path);
+    tracing::debug!(host = %head.host, %path, rule = route.index, origin = ?route.origin, "websocket: matched ingress rule");
+    if let Some(forbidden) = access_refusal(&route, &head).await {
+        write_resp(&mut send, &forbidden).await?;
+        return finish(send).await;
+    }
+    let (rule, origin) = (route.rule, route.origin);
     if let Some((host, port)) = stream_target(&rule.service) {
         return tcp_over_websocket(&head, rule, &host, port, initial, recv, send).await;
     }
@@ -293,7 +298,7 @@ impl HttpTarget<'_> {
     }
 
     /// Sends `req` as is, without [`crate::origin::HttpOrigin::send`]'s
-    /// Access check or body framing.
+    /// body framing (the rule's Access check has run before dispatch).
     pub async fn request(
         &self,
         req: hyper::Request<OriginBody>,

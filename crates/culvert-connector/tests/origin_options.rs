@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use culvert_connector::origin::{HttpOrigin, Origin, OriginBody, SendError, prepare_origin};
+use culvert_connector::access::AccessError;
+use culvert_connector::origin::{
+    HttpOrigin, Origin, OriginBody, SendError, prepare_access, prepare_origin,
+};
 use culvert_connector::proxy::build_origin_request;
 use culvert_proto::http_meta::HttpRequestHead;
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
@@ -509,6 +512,9 @@ fn rs256(claims: Value) -> String {
     format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
+/// The rule's Access check (run before dispatch, whatever the service;
+/// end to end in crates/culvert/tests/access_required.rs) against keys
+/// served by a real HTTP server; a request it admits reaches the origin.
 #[tokio::test]
 async fn access_checks_the_jwt_against_the_team_keys() {
     let o = TestOrigin::start(None, 1).await;
@@ -518,6 +524,9 @@ async fn access_checks_the_jwt_against_the_team_keys() {
         json!({"access": {"required": true, "teamName": "myteam", "audTag": ["aud-1"],
                "certsUrl": format!("http://{}/certs", o.addr)}}),
     );
+    let access = prepare_access(&rule)
+        .unwrap()
+        .expect("access.required installs the check");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -525,30 +534,29 @@ async fn access_checks_the_jwt_against_the_team_keys() {
     let iss = "https://myteam.cloudflareaccess.com";
     let good = rs256(json!({"iss": iss, "aud": ["aud-1"], "exp": now + 600, "iat": now}));
     let with = |t: &str| head("app.test", "GET", &[("Cf-Access-Jwt-Assertion", t)]);
+    let check = |h: HttpRequestHead| {
+        let access = access.clone();
+        async move { access.verify_request(&h).await }
+    };
 
-    let forbidden =
-        |r: Result<hyper::HeaderMap, SendError>| matches!(r, Err(SendError::Forbidden(_)));
-    assert!(forbidden(
-        get(&origin, &rule, head("app.test", "GET", &[]), empty()).await
-    ));
+    assert_eq!(
+        check(head("app.test", "GET", &[])).await,
+        Err(AccessError::Missing)
+    );
+    check(with(&good)).await.unwrap();
     get(&origin, &rule, with(&good), empty()).await.unwrap();
     let wrong_aud = rs256(json!({"iss": iss, "aud": "other", "exp": now + 600}));
-    assert!(forbidden(
-        get(&origin, &rule, with(&wrong_aud), empty()).await
-    ));
+    assert_eq!(check(with(&wrong_aud)).await, Err(AccessError::Audience));
     let expired = rs256(json!({"iss": iss, "aud": "aud-1", "exp": now - 10}));
-    assert!(forbidden(
-        get(&origin, &rule, with(&expired), empty()).await
-    ));
+    assert_eq!(check(with(&expired)).await, Err(AccessError::Expired));
     let other_team = rs256(
         json!({"iss": "https://evil.cloudflareaccess.com", "aud": "aud-1", "exp": now + 600}),
     );
-    assert!(forbidden(
-        get(&origin, &rule, with(&other_team), empty()).await
+    assert!(matches!(
+        check(with(&other_team)).await,
+        Err(AccessError::Issuer { .. })
     ));
     let mut tampered = good.clone();
     tampered.insert(good.find('.').unwrap() + 2, 'x');
-    assert!(forbidden(
-        get(&origin, &rule, with(&tampered), empty()).await
-    ));
+    assert_eq!(check(with(&tampered)).await, Err(AccessError::Signature));
 }
