@@ -265,28 +265,36 @@ async fn proxy(
             }
             return Err(ProxyError::Send(e.to_string()));
         }
-        let eyeball_body = if replayable { None } else { body.take() };
-        let pump = tokio::spawn(pump_request_body(eyeball_body, send, built.has_body));
+        // A bodyless request ends its stream here; only a body needs a
+        // task of its own (the response may start before the body ends).
+        let pump = if built.has_body {
+            // Never replayable: the body is sent once.
+            Some(tokio::spawn(pump_request_body(body.take(), send)))
+        } else {
+            let _ = send.finish();
+            None
+        }
+        .map(|task| task.abort_handle());
         match head_within(timeout, read_response_head(&mut recv)).await {
             Ok(Ok((resp, rest))) => {
                 exchange = Some((resp, rest, recv));
                 break;
             }
             Ok(Err(HeadError::Lost(e))) if replayable => {
-                pump.abort();
+                pump.iter().for_each(|p| p.abort());
                 tracing::debug!(conn = %c.id, error = %e, "stream lost before a response; trying another connection");
                 failure = ProxyError::BadResponse(format!("connection {}: {e}", c.id));
             }
             Ok(Err(HeadError::Lost(e))) => {
-                pump.abort();
+                pump.iter().for_each(|p| p.abort());
                 return Err(ProxyError::BadResponse(e));
             }
             Ok(Err(HeadError::Bad(e))) => {
-                pump.abort();
+                pump.iter().for_each(|p| p.abort());
                 return Err(e);
             }
             Err(t) => {
-                pump.abort();
+                pump.iter().for_each(|p| p.abort());
                 let _ = recv.stop(VarInt::from_u32(0));
                 return Err(ProxyError::Timeout(t));
             }
@@ -347,9 +355,9 @@ impl Drop for RequestSend {
 /// Copies the eyeball's body into the stream, then FIN. An eyeball that
 /// aborts its body, or a pump aborted because the exchange failed, resets
 /// the stream instead.
-async fn pump_request_body(body: Option<Incoming>, send: quinn::SendStream, has_body: bool) {
+async fn pump_request_body(body: Option<Incoming>, send: quinn::SendStream) {
     let mut guard = RequestSend(Some(send));
-    if has_body && let Some(mut body) = body {
+    if let Some(mut body) = body {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
                 return; // guard resets
