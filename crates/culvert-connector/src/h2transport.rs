@@ -485,15 +485,26 @@ async fn websocket(
     let snapshot = ctx.proxy.orchestrator.snapshot();
     let (path, _) = dest_path(&head.dest);
     let route = snapshot.route(&head.host, &path);
-    if let Some(forbidden) = access_refusal(&route, &head).await {
+    let bodyless = |answer: &HttpResponseHead| {
         let mut resp = Response::new(empty());
-        *resp.status_mut() = resp_head_status(forbidden.status);
-        *resp.headers_mut() = response_headers(&forbidden);
-        return resp;
+        *resp.status_mut() = resp_head_status(answer.status);
+        *resp.headers_mut() = response_headers(answer);
+        resp
+    };
+    if let Some(forbidden) = access_refusal(&route, &head).await {
+        return bodyless(&forbidden);
     }
     let (rule, origin) = (route.rule, route.origin);
     if let Some((host, port)) = crate::stream_origin::stream_target(&rule.service) {
         return tcp_service(&head, rule, &host, port, req, token).await;
+    }
+    // `http_status:NNN` answers upgrades with its status, as over QUIC.
+    if let crate::origin::Origin::Status(status) = origin {
+        return bodyless(&HttpResponseHead {
+            status,
+            headers: Vec::new(),
+            extra: Vec::new(),
+        });
     }
     let Some(http) = HttpTarget::of(&origin) else {
         tracing::debug!(dest = %head.dest, "websocket to a service that is not HTTP");

@@ -323,8 +323,11 @@ async fn guards_every_service(protocol: TransportProtocol) {
         get_status(&s, "status.example.com", Some(&good)).await.0,
         200
     );
-    // A rule without access is not affected.
+    // A rule without access is not affected; an upgrade to `http_status:`
+    // gets the rule's status on both transports. (Not 200: over HTTP/2 a
+    // 200 answer to a websocket stream means "switched", §5.2.)
     assert_eq!(get_status(&s, "probe.example.com", None).await.0, 204);
+    assert_eq!(ws_connect(http, "probe.example.com", None).await.0, 204);
 
     connector.stop().await;
     s.stop().await;

@@ -242,6 +242,9 @@ impl ManagementService {
         tokio::pin!(idle);
         let filters = loop {
             tokio::select! {
+                // The idle limit falls on a ping tick (300 s = 20 × 15 s):
+                // close then rather than ping once more.
+                biased;
                 _ = &mut idle => {
                     closing(&mut tx, &mut rx, close(CLOSE_IDLE, REASON_IDLE)).await;
                     return;
