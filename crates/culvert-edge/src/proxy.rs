@@ -32,8 +32,10 @@ use crate::Shared;
 use crate::error::ProxyError;
 use crate::hosts::{normalize_host, tunnel_of_tunnel_domain};
 use crate::pages::ErrorPage;
+use crate::registry::LiveConn;
 use crate::request::{
-    EyeballHead, ResponseError, bodiless, build_connect_request, new_ray, response_head,
+    BuiltRequest, EyeballHead, ResponseError, bodiless, build_connect_request, new_ray,
+    response_head,
 };
 use crate::transport::{open_quic_stream, quic_candidates};
 
@@ -155,10 +157,7 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let result = match resolve(&shared, &host).await {
-        Some(tunnel) if crate::upgrade::is_websocket_upgrade(req.method(), req.headers()) => {
-            crate::upgrade::proxy_websocket(&shared, tunnel, req, &raw_host, peer, &ray).await
-        }
-        Some(tunnel) => proxy(&shared, tunnel, req, &raw_host, peer, &ray).await,
+        Some(tunnel) => dispatch(&shared, tunnel, req, &raw_host, peer, &ray).await,
         None => Err(ProxyError::UnknownHost(host.clone())),
     };
     match result {
@@ -204,8 +203,12 @@ async fn resolve(shared: &Shared, host: &str) -> Option<Uuid> {
     shared.hosts_read().lookup(host)
 }
 
-async fn proxy(
-    shared: &Shared,
+/// Sends a request (plain or websocket upgrade) to one of the tunnel's live
+/// connections. The first candidate's transport carries it: HTTP/2
+/// connections serve both kinds themselves (h2conn); over QUIC the
+/// `ConnectRequest` goes out on a new stream.
+async fn dispatch(
+    shared: &Arc<Shared>,
     tunnel: Uuid,
     req: Request<Incoming>,
     raw_host: &str,
@@ -216,7 +219,6 @@ async fn proxy(
     if candidates.is_empty() {
         return Err(ProxyError::NoConnection(tunnel));
     }
-    // The first candidate's transport carries the request (HTTP/2: h2conn).
     if candidates[0].conn.http2().is_some() {
         return crate::h2conn::proxy(shared, &candidates, req, raw_host, peer, ray).await;
     }
@@ -230,6 +232,20 @@ async fn proxy(
         scheme: eyeball_scheme(&req),
     })
     .map_err(|e| ProxyError::Send(e.to_string()))?;
+    if crate::upgrade::is_websocket_upgrade(req.method(), req.headers()) {
+        crate::upgrade::proxy_websocket(shared, &candidates, req, built).await
+    } else {
+        proxy(shared, &candidates, req, built, ray).await
+    }
+}
+
+async fn proxy(
+    shared: &Shared,
+    candidates: &[Arc<LiveConn>],
+    req: Request<Incoming>,
+    built: BuiltRequest,
+    ray: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let method = req.method().clone();
     // A bodyless GET/HEAD/OPTIONS can be sent again if its stream is lost
     // before any response byte: a connector that is shutting down resets
@@ -247,7 +263,7 @@ async fn proxy(
     // (nothing sent yet) always moves on to the next connection.
     let mut failure = ProxyError::OpenStream("no connection tried".into());
     let mut exchange = None;
-    for (c, quic) in quic_candidates(&candidates) {
+    for (c, quic) in quic_candidates(candidates) {
         let (mut send, mut recv) =
             match open_quic_stream(c, quic, shared.tuning.open_stream_timeout).await {
                 Ok(s) => s,

@@ -14,7 +14,6 @@
 //! bounds only the wait for the 101, and QUIC keep-alives hold the
 //! connection to the connector open.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,11 +28,11 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use quinn::VarInt;
 use tokio::io::AsyncWriteExt;
-use uuid::Uuid;
 
 use crate::Shared;
 use crate::error::ProxyError;
-use crate::request::{EyeballHead, ResponseError, build_connect_request, response_head};
+use crate::registry::LiveConn;
+use crate::request::{BuiltRequest, ResponseError, response_head};
 use crate::transport::{open_quic_stream, quic_candidates};
 
 /// Buffer per direction while splicing (bounds memory per connection).
@@ -136,30 +135,10 @@ pub fn upgrade_answer(resp: &ConnectResponse) -> Result<UpgradeAnswer, ResponseE
 /// upgraded eyeball connection with the QUIC stream in a background task.
 pub(crate) async fn proxy_websocket(
     shared: &Arc<Shared>,
-    tunnel: Uuid,
+    candidates: &[Arc<LiveConn>],
     mut req: Request<Incoming>,
-    raw_host: &str,
-    peer: SocketAddr,
-    ray: &str,
+    built: BuiltRequest,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let candidates = shared.registry.candidates(tunnel);
-    if candidates.is_empty() {
-        return Err(ProxyError::NoConnection(tunnel));
-    }
-    // HTTP/2 connections carry the upgrade themselves (h2conn).
-    if candidates[0].conn.http2().is_some() {
-        return crate::h2conn::proxy(shared, &candidates, req, raw_host, peer, ray).await;
-    }
-    let built = build_connect_request(&EyeballHead {
-        method: req.method(),
-        uri: req.uri(),
-        headers: req.headers(),
-        host: raw_host,
-        peer_ip: peer.ip(),
-        ray,
-        scheme: crate::proxy::eyeball_scheme(&req),
-    })
-    .map_err(|e| ProxyError::Send(e.to_string()))?;
     let head = into_websocket(built.request).encode();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let slot = req.extensions_mut().remove::<ConnectionSlot>();
@@ -168,7 +147,7 @@ pub(crate) async fn proxy_websocket(
 
     let mut last_err = String::from("no connection tried");
     let mut opened = None;
-    for (c, quic) in quic_candidates(&candidates) {
+    for (c, quic) in quic_candidates(candidates) {
         match open_quic_stream(c, quic, shared.tuning.open_stream_timeout).await {
             Ok(s) => {
                 opened = Some(s);
@@ -267,6 +246,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::{EyeballHead, build_connect_request};
     use culvert_proto::http_meta::HttpRequestHead;
     use proptest::prelude::*;
 
