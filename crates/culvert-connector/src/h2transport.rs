@@ -570,17 +570,9 @@ async fn websocket(
     };
     let (origin_rd, mut origin_wr) = tokio::io::split(TokioIo::new(upgraded));
     // Edge → origin, frame by frame under HTTP/2 flow control.
-    let mut from_edge = req.into_body();
+    let from_edge = req.into_body();
     tokio::spawn(async move {
-        while let Some(Ok(frame)) = from_edge.frame().await {
-            if let Ok(d) = frame.into_data()
-                && tokio::io::AsyncWriteExt::write_all(&mut origin_wr, &d)
-                    .await
-                    .is_err()
-            {
-                break;
-            }
-        }
+        copy_body(from_edge, &mut origin_wr).await;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut origin_wr).await;
     });
     relayed(origin_rd, headers, token)
@@ -667,17 +659,9 @@ async fn tcp_flow(
     let (rd, mut wr) = tcp.into_split();
     let ended = CancellationToken::new();
     let edge_done = ended.clone();
-    let mut from_edge = req.into_body();
+    let from_edge = req.into_body();
     tokio::spawn(async move {
-        while let Some(Ok(frame)) = from_edge.frame().await {
-            if let Ok(d) = frame.into_data()
-                && tokio::io::AsyncWriteExt::write_all(&mut wr, &d)
-                    .await
-                    .is_err()
-            {
-                break;
-            }
-        }
+        copy_body(from_edge, &mut wr).await;
         edge_done.cancel();
     });
     let to_edge = ReaderStream::with_capacity(rd, 16 * 1024)
@@ -843,6 +827,18 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Writes the edge's request body into `to`, frame by frame (HTTP/2 flow
+/// control paces it), until the body ends, fails, or `to` refuses a write.
+async fn copy_body(mut from_edge: Incoming, to: &mut (impl tokio::io::AsyncWrite + Unpin)) {
+    while let Some(Ok(frame)) = from_edge.frame().await {
+        if let Ok(d) = frame.into_data()
+            && tokio::io::AsyncWriteExt::write_all(to, &d).await.is_err()
+        {
+            break;
+        }
     }
 }
 
