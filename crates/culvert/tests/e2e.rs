@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{Backend, TestServer, call, code, eventually, public, public_with};
 use reqwest::Method;
 use serde_json::json;
-use tunnel::{ConnectorOptions, connections, start_connector, tunnel_for};
+use tunnel::{ConnectorOptions, connections, start_connector, tunnel_for, wait_one_connector};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_through_the_tunnel() {
@@ -33,14 +33,7 @@ async fn http_through_the_tunnel() {
     c.wait_ready(4).await;
 
     // The registry shows the connector, its 4 connections, and the pushed config version.
-    eventually("config version 1 applied", || async {
-        let cs = connections(&s, &id).await;
-        cs.len() == 1
-            && cs[0]["config_version"] == 1
-            && cs[0]["conns"].as_array().unwrap().len() == 4
-    })
-    .await;
-    let cs = connections(&s, &id).await;
+    let cs = wait_one_connector(&s, &id, 4, 1).await;
     assert_eq!(cs[0]["id"], c.state.connector_id().to_string());
     assert_eq!(cs[0]["conns"][0]["colo_name"], "LOCAL");
     let (_, t) = call(s.req(Method::GET, &s.acct(&format!("/cfd_tunnel/{id}")))).await;

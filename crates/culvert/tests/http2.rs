@@ -20,6 +20,7 @@ use futures::StreamExt as _;
 use reqwest::Method;
 use tunnel::{
     ConnectorOptions, connections, host_ingress, put_ingress, start_connector, tunnel_for,
+    wait_one_connector,
 };
 
 /// A connector dialling `edge`, with a grace period long enough for the
@@ -50,14 +51,7 @@ async fn http2_registration_requests_config_push_and_shutdown() {
 
     // Registered like QUIC: one connector, 2 connections, the pushed
     // configuration (update-configuration over HTTP/2) applied.
-    eventually("config version 1 applied over HTTP/2", || async {
-        let cs = connections(&s, &id).await;
-        cs.len() == 1
-            && cs[0]["config_version"] == 1
-            && cs[0]["conns"].as_array().unwrap().len() == 2
-    })
-    .await;
-    let cs = connections(&s, &id).await;
+    let cs = wait_one_connector(&s, &id, 2, 1).await;
     assert_eq!(cs[0]["id"], c.state.connector_id().to_string());
     assert_eq!(cs[0]["conns"][0]["origin_ip"], "127.0.0.1");
 

@@ -136,6 +136,27 @@ pub async fn connections(s: &TestServer, id: &str) -> Vec<Value> {
     body["result"].as_array().unwrap().clone()
 }
 
+/// Waits until the tunnel shows one connector with `conns` connections
+/// that applied configuration `version`; returns `/connections`.
+pub async fn wait_one_connector(
+    s: &TestServer,
+    id: &str,
+    conns: usize,
+    version: i64,
+) -> Vec<Value> {
+    crate::common::eventually(
+        &format!("one connector, {conns} connections, config version {version}"),
+        || async {
+            let cs = connections(s, id).await;
+            cs.len() == 1
+                && cs[0]["config_version"] == version
+                && cs[0]["conns"].as_array().unwrap().len() == conns
+        },
+    )
+    .await;
+    connections(s, id).await
+}
+
 /// The connector configuration for `token` with `opts`, trusting the
 /// server's edge CA.
 pub fn connector_config(s: &TestServer, token: &str, opts: &ConnectorOptions) -> ConnectorConfig {
